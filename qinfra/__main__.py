@@ -1,0 +1,5 @@
+"""`python -m qinfra` runs the CLI."""
+
+from qinfra.cli import main
+
+main()

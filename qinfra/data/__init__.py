@@ -1,0 +1,1 @@
+"""Shipped data tables (GPU catalog, instance types, formats)."""
