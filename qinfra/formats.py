@@ -56,6 +56,7 @@ class FormatInfo:
     gguf_type: str | None = None
     group_quantized: bool = False
     mix_estimate: bool = False
+    equivalents: tuple[Format, ...] = ()
 
     @property
     def is_gguf(self) -> bool:
@@ -89,6 +90,7 @@ def format_table() -> dict[Format, FormatInfo]:
             format=fmt,
             kind=FormatKind(row.pop("kind")),
             engines=tuple(Engine(e) for e in row.pop("engines")),
+            equivalents=tuple(Format(e) for e in row.pop("equivalents", ())),
             **row,
         )
     return table
@@ -111,8 +113,8 @@ def _runs(info: FormatInfo, engine: Engine, cc: float | None) -> bool:
 
 
 def _alternatives(info: FormatInfo, engine: Engine, cc: float | None) -> tuple[str, ...]:
-    """Nearest runnable choices: another engine for the same format, then formats of this engine
-    of the same kind, closest in bits per weight."""
+    """Nearest runnable choices: another engine for the same format, then the format's listed
+    equivalents that this engine runs here, then same-kind formats closest in bits per weight."""
     out: list[str] = [
         f"engine {other} (loads {info.format})"
         for other in Engine
@@ -123,7 +125,9 @@ def _alternatives(info: FormatInfo, engine: Engine, cc: float | None) -> tuple[s
         for row in format_table().values()
         if row.kind is info.kind and row.format is not info.format and _runs(row, engine, cc)
     ]
-    peers.sort(key=lambda row: (abs(row.linear_bits - info.linear_bits), row.format.value))
+    rank = {fmt: i for i, fmt in enumerate(info.equivalents)}
+    peers.sort(key=lambda row: (rank.get(row.format, len(rank)),
+                                abs(row.linear_bits - info.linear_bits), row.format.value))
     out.extend(f"format {row.format} ({row.description})" for row in peers[:2])
     return tuple(out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from enum import StrEnum
@@ -362,10 +363,18 @@ def from_pulumi_config(stack: str) -> StackSpec:
     for key in _FIELDS:
         if key in _SECRET_KEYS:
             continue  # read with cfg.get_secret where needed; never into the spec in plain text
-        value = cfg.get_object(key)
-        if value is not None:
-            raw[f"{NAMESPACE}:{key}"] = value
+        text = cfg.get(key)
+        if text is not None:
+            raw[f"{NAMESPACE}:{key}"] = _config_value(text)
     return parse_config(raw, stack)
+
+
+def _config_value(text: str) -> Any:
+    """Pulumi hands objects over as JSON text and scalars as plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 __all__ = [

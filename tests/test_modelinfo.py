@@ -1,0 +1,109 @@
+"""Architecture facts from config.json: local dirs, GGUF files, hub ids (offline here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qinfra import modelinfo
+from qinfra.errors import ModelInfoError
+from qinfra.formats import Format
+from qinfra.hardware import catalog
+from qinfra.planner import EngineOptions, param_counts, plan_vllm
+
+MIXTRAL = {  # mistralai/Mixtral-8x7B-v0.1 config.json (abridged to the facts used)
+    "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+    "vocab_size": 32000, "max_position_embeddings": 32768, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "tie_word_embeddings": False, "sliding_window": None,
+}
+GEMMA2 = {  # google/gemma-2-9b: explicit head_dim, tied embeddings, alternating windows
+    "model_type": "gemma2", "hidden_size": 3584, "num_hidden_layers": 42,
+    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256,
+    "intermediate_size": 14336, "vocab_size": 256000, "max_position_embeddings": 8192,
+    "sliding_window": 4096,
+    "layer_types": ["sliding_attention", "full_attention"] * 21,
+}
+AWQ_CKPT = {  # an AWQ checkpoint carries its quantization_config
+    **json.loads((Path(__file__).parent / "data/models/llama-3.1-8b/config.json").read_text()),
+    "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64},
+}
+
+
+def test_reference_llama_3_1(reference_models):
+    info = modelinfo.load(str(reference_models / "llama-3.1-8b"))
+    assert (info.num_kv_heads, info.head_dim, info.tie_word_embeddings) == (8, 128, False)
+    assert info.windows == (None,) * 32 and info.moe is None
+
+
+def test_qwen2_has_attention_bias(reference_models):
+    assert modelinfo.load(str(reference_models / "qwen2.5-7b")).attention_bias
+
+
+def test_mixtral_experts():
+    info = modelinfo.from_config(MIXTRAL)
+    assert info.moe is not None and info.moe.experts == 8 and info.moe.top_k == 2
+    total = sum(vars(param_counts(info)).values())
+    assert total / 1e9 == pytest.approx(46.7, abs=0.05)  # model card: 46.7B
+
+
+def test_gemma2_head_dim_tied_and_windows():
+    info = modelinfo.from_config(GEMMA2)
+    assert info.head_dim == 256 and info.tie_word_embeddings
+    assert info.windows[:2] == (4096, None) and len(info.windows) == 42
+    counts = param_counts(info)
+    assert counts.lm_head == 0
+    plan = plan_vllm(info, Format.BF16, catalog().gpu("h100-80gb"), EngineOptions(max_model_len=8192))
+    # sliding layers hold at most ceil((4096 - 1 + 8192)/16) + 1 = 769 pages of the 512 needed:
+    # at 8192 tokens every layer needs all 512 pages
+    assert plan.max_concurrency == pytest.approx(plan.kv_cache_tokens / 16 / 512)
+
+
+def test_quantization_config_bits_win():
+    info = modelinfo.from_config(AWQ_CKPT)
+    assert info.quantization == modelinfo.Quantization("awq", 4, 64)
+    g64 = plan_vllm(info, Format.AWQ, catalog().gpu("l4"), EngineOptions(max_model_len=4096))
+    plain = plan_vllm(modelinfo.from_config({k: v for k, v in AWQ_CKPT.items()
+                                             if k != "quantization_config"}),
+                      Format.AWQ, catalog().gpu("l4"), EngineOptions(max_model_len=4096))
+    assert g64.weights_bytes > plain.weights_bytes  # 4 + 20/64 bits > 4 + 20/128 bits
+
+
+def test_multimodal_wrapper_uses_text_config():
+    info = modelinfo.from_config({"model_type": "llava", "text_config": MIXTRAL})
+    assert info.num_layers == 32
+
+
+def test_missing_key_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ModelInfoError, match="missing 'num_hidden_layers'"):
+        modelinfo.load(str(tmp_path))
+
+
+def test_dir_without_config(tmp_path):
+    with pytest.raises(ModelInfoError, match=r"has no config\.json"):
+        modelinfo.load(str(tmp_path))
+
+
+def test_hub_id_offline_is_a_clear_error():
+    with pytest.raises(ModelInfoError, match="not cached and the hub cannot be reached"):
+        modelinfo.load("qinfra-tests/no-such-model")
+
+
+def test_not_a_hub_id():
+    with pytest.raises(ModelInfoError, match="neither an existing path nor a hub id"):
+        modelinfo.load("./missing/dir")
+
+
+def test_gguf_file_and_demo_model_agree(tmp_path):
+    from qinfra.demomodel import write_demo_model
+
+    path = tmp_path / "demo.gguf"
+    write_demo_model(path)
+    from_file = modelinfo.load(str(path))
+    builtin = modelinfo.load(modelinfo.DEMO_MODEL_ID)
+    for field in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
+                  "intermediate_size", "vocab_size", "max_position_embeddings"):
+        assert getattr(from_file, field) == getattr(builtin, field), field

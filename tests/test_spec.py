@@ -1,0 +1,149 @@
+"""Stack config: example stacks load; every bad key, value or combination is named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qinfra.errors import SpecError
+from qinfra.formats import Engine, Format
+from qinfra.spec import Encrypted, Stage, Target, load_stack, parse_config
+
+
+def config(stacks: Path, name: str = "prod") -> dict[str, Any]:
+    return yaml.safe_load((stacks / f"Pulumi.{name}.yaml").read_text())["config"]
+
+
+@pytest.mark.parametrize(
+    ("stack", "target", "engine", "baseline", "quantized"),
+    [
+        ("local", Target.LOCAL, Engine.LLAMA_CPP, Format.GGUF_F16, Format.GGUF_Q4_K_M),
+        ("prod", Target.AWS, Engine.VLLM, Format.BF16, Format.AWQ),
+        ("k8s", Target.KUBERNETES, Engine.VLLM, Format.BF16, Format.FP8),
+    ],
+)
+def test_example_stacks(stacks, stack, target, engine, baseline, quantized):
+    spec = load_stack(stack)
+    assert (spec.target, spec.serving.engine) == (target, engine)
+    assert (spec.variants.baseline.format, spec.variants.quantized.format) == (baseline, quantized)
+    assert spec.path == stacks / f"Pulumi.{stack}.yaml"
+
+
+def test_local_stack_stores_on_file(stacks):
+    spec = load_stack("local")
+    assert spec.artifacts.store.startswith("file:///")
+    assert spec.variants.quantized.source is None  # quantized from the baseline
+
+
+def test_other_namespaces_are_kept(stacks):
+    assert load_stack("prod").provider_config == {"aws:region": "us-east-1"}
+
+
+# each case: a change to the prod config, the key path and words the message must name
+BAD = [
+    (lambda c: c.__setitem__("qinfra:modle", {}), "qinfra:modle", "Did you mean 'model'"),
+    (lambda c: c.__setitem__("qinfra:target", "gcp"), "qinfra:target", "'local', 'aws' or 'kubernetes'"),
+    (lambda c: c["qinfra:variants"]["quantized"].__setitem__("format", "awqq"),
+     "qinfra:variants.quantized.format", "Did you mean 'awq'"),
+    (lambda c: c["qinfra:variants"]["baseline"].__setitem__("format", "awq"),
+     "qinfra:variants.baseline.format", "a baseline format"),
+    (lambda c: c["qinfra:variants"]["quantized"].__setitem__("format", "gguf-q4_k_m"),
+     "qinfra:variants.quantized.format", "a format vllm loads"),
+    (lambda c: c["qinfra:serving"].__setitem__("max_model_len", -3),
+     "qinfra:serving.max_model_len", "got -3"),
+    (lambda c: c["qinfra:serving"].__setitem__("max_model_len", "long"),
+     "qinfra:serving.max_model_len", "got 'long'"),
+    (lambda c: c["qinfra:serving"].__setitem__("gpu_memory_utilization", 1.5),
+     "qinfra:serving.gpu_memory_utilization", "got 1.5"),
+    (lambda c: c["qinfra:serving"].__setitem__("colour", "red"),
+     "qinfra:serving.colour", "unknown key"),
+    (lambda c: c["qinfra:fleet"].__setitem__("gpus", ["l4", "h100"]),
+     "qinfra:fleet.gpus[1]", "Did you mean 'h100-80gb'"),
+    (lambda c: c["qinfra:rollout"].__setitem__("quantized_percent", 0),
+     "qinfra:rollout.quantized_percent", "1..99 in stage ab_test"),
+    (lambda c: c["qinfra:rollout"].update(stage="rollback", quantized_percent=10),
+     "qinfra:rollout.quantized_percent", "0 in stage rollback"),
+    (lambda c: c["qinfra:rollout"].__setitem__("quantized_percent", 101),
+     "qinfra:rollout.quantized_percent", "got 101"),
+    (lambda c: c["qinfra:artifacts"].__setitem__("store", "gs://bucket"),
+     "qinfra:artifacts.store", "s3://bucket"),
+    (lambda c: c["qinfra:variants"]["baseline"].__setitem__("artifact", "s3://b/latest/"),
+     "qinfra:variants.baseline.artifact", "sha256-"),
+    (lambda c: c.__setitem__("qinfra:api_key", "sk-plain"), "qinfra:api_key", "must be a secret"),
+    (lambda c: c["qinfra:fleet"].__setitem__("cpu", {"memory_gib": 8, "threads": 2}),
+     "qinfra:fleet.cpu", "only with serving.engine llama.cpp"),
+    (lambda c: c.pop("qinfra:serving"), "qinfra:serving", "required key is missing"),
+]
+
+
+@pytest.mark.parametrize(("change", "key", "words"), BAD)
+def test_bad_input_names_key_value_and_allowed(stacks, change, key, words):
+    cfg = copy.deepcopy(config(stacks))
+    change(cfg)
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, "prod")
+    message = err.value.format_message()
+    assert f"{key}:" in message and words in message, message
+    assert err.value.exit_code == 2
+
+
+def test_all_problems_are_reported_at_once(stacks):
+    cfg = copy.deepcopy(config(stacks))
+    cfg["qinfra:extra"] = 1
+    cfg["qinfra:serving"]["max_model_len"] = 0
+    cfg["qinfra:rollout"]["stage"] = "sideways"
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, "prod")
+    message = err.value.format_message()
+    assert "qinfra:extra" in message and "max_model_len" in message and "sideways" in message
+
+
+def test_secure_values_stay_encrypted(stacks):
+    cfg = copy.deepcopy(config(stacks))
+    cfg["qinfra:api_key"] = {"secure": "v1:c2VjcmV0Y2lwaGVydGV4dA=="}
+    spec = parse_config(cfg, "prod")
+    assert spec.api_key == Encrypted(secure="v1:c2VjcmV0Y2lwaGVydGV4dA==")
+    assert "c2VjcmV0" not in repr(spec) and "c2VjcmV0" not in str(spec.api_key)
+
+
+def test_stage_and_percent(stacks):
+    cfg = copy.deepcopy(config(stacks))
+    cfg["qinfra:rollout"] = {"stage": "full", "quantized_percent": 100}
+    assert parse_config(cfg, "prod").rollout.stage is Stage.FULL
+
+
+def test_missing_stack_lists_known(stacks):
+    with pytest.raises(SpecError, match=r"Did you mean 'prod'.*Stacks here: k8s, local, prod"):
+        load_stack("prd")
+
+
+def test_broken_yaml(stacks):
+    (stacks / "Pulumi.broken.yaml").write_text("config: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_stack("broken")
+
+
+def test_same_validation_inside_the_pulumi_program(stacks):
+    """pulumi.Config's view of the stack (as the program sees it) validates the same way."""
+    import json
+
+    import pulumi
+
+    cfg = config(stacks, "k8s")
+    flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in cfg.items()}
+    pulumi.runtime.set_all_config(flat)
+    try:
+        from qinfra.spec import from_pulumi_config
+
+        spec = from_pulumi_config("k8s")
+        assert spec.variants.quantized.format is Format.FP8 and spec.target is Target.KUBERNETES
+        flat["qinfra:serving"] = json.dumps({**cfg["qinfra:serving"], "engine": "tgi"})
+        pulumi.runtime.set_all_config(flat)
+        with pytest.raises(SpecError, match=r"qinfra:serving\.engine: got 'tgi'"):
+            from_pulumi_config("k8s")
+    finally:
+        pulumi.runtime.set_all_config({})
