@@ -17,7 +17,12 @@ GPUS = ("t4", "v100", "a10g", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-80gb
 
 
 # Command groups that live in their own modules, imported only when named.
-_LAZY: dict[str, tuple[str, str]] = {"artifacts": ("qinfra.cli_artifacts", "artifacts")}
+_LAZY: dict[str, tuple[str, str]] = {
+    "artifacts": ("qinfra.cli_artifacts", "artifacts"),
+    "render": ("qinfra.cli_render", "render"),
+    **{name: ("qinfra.cli_stack", name)
+       for name in ("preview", "up", "rollback", "rollout", "status", "history", "destroy")},
+}
 
 
 class _Group(click.Group):

@@ -10,7 +10,7 @@ from qinfra.formats import Engine, Format
 from qinfra.hardware import Catalog, Gpu, InstanceType
 from qinfra.modelinfo import ModelInfo
 from qinfra.planner import GIB, EngineOptions, EnginePlan, plan_engine
-from qinfra.spec import StackSpec, Stage
+from qinfra.spec import StackSpec, Stage, Target
 
 TP_SIZES = (1, 2, 4, 8)
 # Several engine instances share one GPU only when each keeps at least half of its slice of the
@@ -185,8 +185,8 @@ def _replicas_per_gpu(
 ) -> int:
     """Small models run several engines per GPU, each with utilization / k, while every engine's
     weights and overheads stay within half of its slice."""
-    if plan.tensor_parallel_size != 1:
-        return 1
+    if plan.tensor_parallel_size != 1 or spec.target is not Target.AWS:
+        return 1  # Kubernetes schedules whole GPUs per pod; locally there is one engine each
     fixed = plan.weights_bytes + plan.overhead_bytes
     slice_bytes = gpu.memory_gib * spec.serving.gpu_memory_utilization * GIB
     best = 1
