@@ -72,7 +72,7 @@ def push(
 
         spec = load_stack(stack)
         assert spec.path is not None  # load_stack always records where it read the spec
-        with _progress(quiet=as_json) as progress:
+        with progress_bars(quiet=as_json) as progress:
             results = art.push_stack(spec, progress=progress)
         diff = update_stack_file(spec.path, art.pins(results))
         if as_json:
@@ -86,7 +86,7 @@ def push(
     from qinfra.stores import open_store
 
     assert src is not None and store is not None
-    with _progress(quiet=as_json) as progress:
+    with progress_bars(quiet=as_json) as progress:
         fetched = art.fetch(
             src, fmt=Format(fmt) if fmt else None, revision=revision, progress=progress
         )
@@ -104,7 +104,7 @@ def verify(uri: str, as_json: bool) -> None:
     """
     from qinfra import artifacts as art
 
-    with _progress(quiet=as_json) as progress:
+    with progress_bars(quiet=as_json) as progress:
         report = art.verify(uri, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -184,7 +184,7 @@ class _RichProgress:
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator[Progress]:
+def progress_bars(quiet: bool) -> Iterator[Progress]:
     from qinfra.artifacts import NO_PROGRESS
 
     if quiet:

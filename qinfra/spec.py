@@ -62,6 +62,8 @@ class ModelSpec(_Model):
 
 class ArtifactsSpec(_Model):
     store: str = Field(description="Where artifacts live: s3://bucket/prefix or file:///abs/path.")
+    create_bucket: bool = Field(True, description="aws target: create the store's S3 bucket "
+                                "(versioned, encrypted, private); false when it exists already.")
 
     @field_validator("store")
     @classmethod
@@ -183,6 +185,18 @@ _STAGE_PERCENT: dict[Stage, range] = {
 }
 
 
+class KubernetesSpec(_Model):
+    gateway: str = Field("qinfra", description="Gateway API Gateway the stack's HTTPRoute "
+                         "attaches to.")
+    gateway_namespace: str | None = Field(None, description="The Gateway's namespace; default "
+                                          "the stack's (kubernetes:namespace).")
+    hostname: str | None = Field(None, description="Hostname the route answers; the stack's "
+                                 "`endpoint` output. Default: the Gateway's listeners decide.")
+    service_account_role_arn: str | None = Field(None, description="IAM role the engine pods' "
+                                                 "ServiceAccount assumes (EKS IRSA) to read the "
+                                                 "artifact store.")
+
+
 class StackSpec(_Model):
     """One stack: one model as a baseline and a quantized variant."""
 
@@ -194,6 +208,8 @@ class StackSpec(_Model):
     serving: ServingSpec
     fleet: FleetSpec
     rollout: RolloutSpec
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Settings "
+                                       "of the kubernetes target.")
     api_key: Encrypted | None = Field(None, description="API key the engines require; a "
                                       "Pulumi secret (`pulumi config set --secret`).")
     hf_token: Encrypted | None = Field(None, description="Hub token for gated models; a "
@@ -354,19 +370,35 @@ def load_stack(stack: str, directory: Path | None = None) -> StackSpec:
     return parse_config(doc["config"], stack, path)
 
 
+def parse_flat_config(flat: Mapping[str, Any], stack: str) -> StackSpec:
+    """Validate config as Pulumi stores it per update: objects as JSON text, scalars as text."""
+    return parse_config({k: _config_value(v) if isinstance(v, str) else v
+                         for k, v in flat.items()}, stack)
+
+
 def from_pulumi_config(stack: str) -> StackSpec:
     """Inside the Pulumi program: the same validation over pulumi.Config's view of the stack."""
     import pulumi
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
 
     cfg = pulumi.Config(NAMESPACE)
     raw: dict[str, Any] = {}
     for key in _FIELDS:
-        if key in _SECRET_KEYS:
-            continue  # read with cfg.get_secret where needed; never into the spec in plain text
         text = cfg.get(key)
-        if text is not None:
-            raw[f"{NAMESPACE}:{key}"] = _config_value(text)
+        if text is None:
+            continue
+        # A secret is read with cfg.get_secret where it is used, never into the spec in plain
+        # text; the spec only learns that it is set, which decides what gets rendered.
+        raw[f"{NAMESPACE}:{key}"] = PULUMI_HELD if key in _SECRET_KEYS else _config_value(text)
+    # Other namespaces (aws:region, kubernetes:namespace) feed the rendered files, as in the file.
+    for key in sorted({*get_config_env(), *CONFIG.get()}):
+        if not key.startswith(f"{NAMESPACE}:") and not is_config_secret(key):
+            raw[key] = _config_value(str(get_config(key)))
     return parse_config(raw, stack)
+
+
+# Stands in for a secret the Pulumi program reads itself (pulumi.Config.get_secret).
+PULUMI_HELD = {"secure": "<held by pulumi>"}
 
 
 def _config_value(text: str) -> Any:
@@ -381,6 +413,7 @@ __all__ = [
     "ArtifactsSpec",
     "Encrypted",
     "FleetSpec",
+    "KubernetesSpec",
     "KvCacheDtype",
     "ModelSpec",
     "RolloutSpec",

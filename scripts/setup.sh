@@ -20,4 +20,24 @@ export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}"
 echo "==> installing qinfra and its test parts into .venv"
 .venv/bin/python -m pip install --quiet -e ".[local,test]"
 
+# The pinned vLLM release's wheel: the tests read its argument definitions to prove every
+# rendered flag exists (vLLM itself is not installed here: it needs torch and a GPU).
+VLLM_VERSION=$(.venv/bin/python -c 'from qinfra.planner import VLLM_VERSION; print(VLLM_VERSION)')
+if ! ls .tools/wheels/vllm-"$VLLM_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "==> downloading the vllm==$VLLM_VERSION wheel (flag definitions for the render tests)"
+  mkdir -p .tools/wheels
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: "vllm==$VLLM_VERSION" -d .tools/wheels
+fi
+
+# cloud-init's own schema validator checks the rendered user-data.
+if ! command -v cloud-init >/dev/null; then
+  echo "==> installing cloud-init (Debian package) for its schema validator"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
+fi
+
+# The Pulumi CLI, its Python language host and the dynamic-provider launcher.
+bash scripts/install-pulumi.sh
+
 echo "==> ready: $(.venv/bin/qinfra --version)"

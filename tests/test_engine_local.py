@@ -1,0 +1,222 @@
+"""The product as users meet it, with the real Pulumi engine and real llama-servers: up, serve,
+restore a killed server, refuse a concurrent up, roll back as a stack-file diff, history, destroy.
+
+One scenario in order (module scope): each step builds on the state the previous one left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qinfra.cli import cli
+from qinfra.targets.local import alive
+
+pytestmark = pytest.mark.real
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free (baseline and quantized listen side by side)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    """A throwaway project: its own Pulumi.yaml (running qinfra's program), stacks, state, store."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "Pulumi.yaml").write_text(
+        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
+        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'program.py'}\n"
+        "stackConfigDir: stacks\n"
+    )
+    (root / "stacks").mkdir()
+    port = _free_port_pair()
+    text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
+    text = text.replace("port: 8080", f"port: {port}")
+    text = text.replace("file:///tmp/qinfra-artifacts/local", f"file://{root}/store")
+    (root / "stacks" / "Pulumi.local.yaml").write_text(text)
+    old = Path.cwd()
+    env = {
+        "QINFRA_STACKS_DIR": str(root / "stacks"),
+        "QINFRA_CACHE_DIR": str(root / "cache"),
+        "PULUMI_HOME": str(root / ".pulumi-home"),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.chdir(root)
+    yield {"root": root, "port": port, "pids": []}
+    subprocess.run(
+        [sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
+        cwd=root,
+        check=False,
+        capture_output=True,
+        timeout=300,
+    )
+    os.chdir(old)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def qinfra(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def complete(port: int) -> dict:
+    body = json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_broken_stack_file_is_refused_before_the_engine_starts(project):
+    path = project["root"] / "stacks" / "Pulumi.broken.yaml"
+    path.write_text(
+        (project["root"] / "stacks" / "Pulumi.local.yaml")
+        .read_text()
+        .replace("stage: ab_test", "stage: halfway")
+    )
+    result = qinfra("up", "--stack", "broken", "--yes")
+    assert result.exit_code == 2
+    assert "qinfra:rollout.stage: got 'halfway'" in result.output
+    assert not (project["root"] / ".qinfra").exists()  # no engine, no state, no logs
+    path.unlink()
+
+
+def test_up_serves_both_variants(project):
+    result = qinfra("up", "--stack", "local", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    outputs = json.loads(result.output)["outputs"]
+    variants = outputs["variants"]
+    assert variants["baseline"]["weight_percent"] == 50 == variants["quantized"]["weight_percent"]
+    assert variants["quantized"]["format"] == "gguf-q4_k_m"
+    for name, port in (("baseline", project["port"]), ("quantized", project["port"] + 1)):
+        assert variants[name]["endpoint"] == f"http://127.0.0.1:{port}"
+        assert variants[name]["artifact_uri"].startswith(f"file://{project['root']}/store/sha256-")
+        assert complete(port)["choices"][0]["message"]["role"] == "assistant"
+    run = project["root"] / ".qinfra" / "run" / "local"
+    project["pids"] += [int((run / v / "server.pid").read_text()) for v in ("baseline", "quantized")]
+    # up pinned the artifacts it pushed into the stack file
+    text = (project["root"] / "stacks" / "Pulumi.local.yaml").read_text()
+    assert text.count("artifact: file://") == 2
+
+
+def test_status_json_has_the_variants_output(project):
+    result = qinfra("status", "--stack", "local", "--json")
+    assert result.exit_code == 0
+    outputs = json.loads(result.output)["outputs"]
+    assert set(outputs["variants"]) == {"baseline", "quantized"}
+    assert outputs["stage"] == "ab_test"
+
+
+def test_a_killed_server_is_restored_by_the_next_up(project):
+    pid_file = project["root"] / ".qinfra" / "run" / "local" / "quantized" / "server.pid"
+    pid = int(pid_file.read_text())
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while listening(project["port"] + 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not listening(project["port"] + 1)
+    result = qinfra("up", "--stack", "local", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert complete(project["port"] + 1)["choices"]
+    assert int(pid_file.read_text()) != pid
+    project["pids"].append(int(pid_file.read_text()))
+
+
+def test_a_concurrent_up_is_refused_by_the_lock(project):
+    """While one update runs (a restart of both servers), a second fails fast naming the lock."""
+    stack = project["root"] / "stacks" / "Pulumi.local.yaml"
+    stack.write_text(stack.read_text().replace("threads: 2", "threads: 1"))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes"],
+        cwd=project["root"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        locks = project["root"] / ".qinfra" / "state" / ".pulumi" / "locks"
+        deadline = time.monotonic() + 60
+        while not any(locks.rglob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(locks.rglob("*.json")), "the first update never took the lock"
+        started = time.monotonic()
+        second = qinfra("up", "--stack", "local", "--yes")
+        assert second.exit_code == 1
+        assert "locked" in second.output and "pulumi cancel" in second.output
+        assert time.monotonic() - started < 60
+    finally:
+        out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out.decode()
+
+
+def test_rollback_is_a_stack_file_diff_and_a_baseline_only_deployment(project):
+    result = qinfra("rollback", "--stack", "local", "--yes")
+    assert result.exit_code == 0, result.output
+    diff = [line for line in result.output.splitlines() if line[:1] in "+-"]
+    assert diff == ["--- a/Pulumi.local.yaml", "+++ b/Pulumi.local.yaml",
+                    "-    stage: ab_test", "-    quantized_percent: 50",
+                    "+    stage: rollback", "+    quantized_percent: 0"]
+    text = (project["root"] / "stacks" / "Pulumi.local.yaml").read_text()
+    assert "stage: rollback" in text and "quantized_percent: 0" in text
+    assert "# The embedded default" in text  # comments survive the rewrite
+    assert complete(project["port"])["choices"]
+    assert not listening(project["port"] + 1)
+    outputs = json.loads(qinfra("status", "--stack", "local", "--json").output)["outputs"]
+    assert outputs["variants"]["baseline"]["weight_percent"] == 100
+    assert outputs["variants"]["quantized"]["replicas"] == 0
+
+
+def test_history_shows_every_update(project):
+    result = qinfra("history", "--stack", "local", "--json")
+    rows = json.loads(result.output)
+    updates = [r for r in rows if r["kind"] == "update"]
+    assert [r["stage"] for r in updates][:2] == ["rollback", "ab_test"]
+    assert updates[0]["weights"] == {"baseline": 100, "quantized": 0}
+    assert updates[-1]["weights"] == {"baseline": 50, "quantized": 50}
+    assert all(r["artifacts"]["quantized"].startswith("file://") for r in updates)
+
+
+def test_destroy_stops_every_process(project):
+    result = qinfra("destroy", "--stack", "local", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not listening(project["port"])
+    assert not list((project["root"] / ".qinfra" / "run").rglob("server.pid"))
+    for pid in project["pids"]:
+        assert not alive(pid)
