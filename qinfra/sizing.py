@@ -29,7 +29,7 @@ class FleetOption:
     replicas_per_gpu: int
     engine: EnginePlan
     sequences_per_engine: int
-    engines: int
+    engines: int  # engine instances running: machines x engines per machine
     machines: int
     gpus_total: int
     usd_per_hour: float
@@ -225,8 +225,9 @@ def _cpu_option(spec: StackSpec, model: ModelInfo, fmt: Format, required: int) -
 
 def _priced(gpu: str, itype: InstanceType, tp: int, replicas: int, plan: EnginePlan, seqs: int,
             required: int, per_machine: int) -> FleetOption:
-    engines = math.ceil(required / seqs) if required and seqs else 0
-    machines = math.ceil(engines / per_machine) if per_machine else 0
+    needed = math.ceil(required / seqs) if required and seqs else 0
+    machines = math.ceil(needed / per_machine) if per_machine else 0
+    engines = machines * per_machine  # every engine slot of a machine runs, so count them all
     return FleetOption(
         gpu=gpu,
         instance_type=itype.name,

@@ -6,6 +6,7 @@ One scenario in order (module scope): each step builds on the state the previous
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -161,29 +162,42 @@ def test_a_killed_server_is_restored_by_the_next_up(project):
 
 
 def test_a_concurrent_up_is_refused_by_the_lock(project):
-    """While one update runs (a restart of both servers), a second fails fast naming the lock."""
+    """A second up while the stack is locked fails fast, naming who holds the lock and since when.
+
+    The lock is the one a real update takes: captured while the first update runs and put back
+    after it ends, so the refusal does not depend on how fast the first update is.
+    """
     stack = project["root"] / "stacks" / "Pulumi.local.yaml"
     stack.write_text(stack.read_text().replace("threads: 2", "threads: 1"))
     first = subprocess.Popen(
-        [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes"],
+        [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes", "--json"],
         cwd=project["root"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    locks = project["root"] / ".qinfra" / "state" / ".pulumi" / "locks"
+    held: dict[Path, bytes] = {}
+    deadline = time.monotonic() + 120
+    while not held and first.poll() is None and time.monotonic() < deadline:
+        for lock in locks.rglob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                held[lock] = lock.read_bytes()
+        time.sleep(0.01)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out.decode()
+    assert held, "the first update never took a lock"
+    for lock, content in held.items():
+        lock.write_bytes(content)
     try:
-        locks = project["root"] / ".qinfra" / "state" / ".pulumi" / "locks"
-        deadline = time.monotonic() + 60
-        while not any(locks.rglob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert any(locks.rglob("*.json")), "the first update never took the lock"
         started = time.monotonic()
         second = qinfra("up", "--stack", "local", "--yes")
         assert second.exit_code == 1
         assert "locked" in second.output and "pulumi cancel" in second.output
+        assert "(pid" in second.output or "created by" in second.output  # who and when
         assert time.monotonic() - started < 60
     finally:
-        out, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, out.decode()
+        for lock in held:
+            lock.unlink(missing_ok=True)
 
 
 def test_rollback_is_a_stack_file_diff_and_a_baseline_only_deployment(project):
