@@ -7,9 +7,11 @@ with the last lines of the engine's output, and the full log goes to .qinfra/log
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qinfra.errors import EngineError
+from qinfra.processes import alive
 
 BACKEND_ENV = "PULUMI_BACKEND_URL"
 PASSPHRASE_ENV = "PULUMI_CONFIG_PASSPHRASE"
@@ -203,15 +206,40 @@ class Engine:
                 on_event(event)
 
         with open(log, "w") as out:
-            try:
-                result = call(on_output=lambda line: out.write(line + "\n"), on_event=collect,
-                              color="never", **kwargs)
-            except auto.ConcurrentUpdateError as exc:
-                raise classify(f"the stack is currently locked {exc}", log) from None
-            except auto.CommandError as exc:
-                out.write(str(exc))
-                raise classify(str(exc), log) from None
+            for attempt in (1, 2):
+                changes.clear()
+                try:
+                    result = call(on_output=lambda line: out.write(line + "\n"), on_event=collect,
+                                  color="never", **kwargs)
+                    break
+                except auto.ConcurrentUpdateError as exc:
+                    # A lock whose process died with an interrupted update is released once.
+                    if attempt == 1 and self.clear_stale_locks():
+                        continue
+                    raise classify(f"the stack is currently locked {exc}", log) from None
+                except auto.CommandError as exc:
+                    out.write(str(exc))
+                    raise classify(str(exc), log) from None
         return result, tuple(changes), log
+
+    def clear_stale_locks(self) -> list[Path]:
+        """Remove this stack's file-backend locks held by processes on this host that no longer
+        exist (an `up` killed mid-update); a live holder's lock is never touched."""
+        url = self.project.backend_url
+        if not url.startswith("file://"):
+            return []
+        locks = Path(url.removeprefix("file://")) / ".pulumi" / "locks"
+        removed = []
+        for lock in locks.rglob(f"{self.stack_name}/*.json") if locks.is_dir() else ():
+            try:
+                content = json.loads(lock.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if content.get("hostname") == socket.gethostname() and not alive(
+                    int(content.get("pid") or 0)):
+                lock.unlink(missing_ok=True)
+                removed.append(lock)
+        return removed
 
     # -- operations -------------------------------------------------------------------------
 

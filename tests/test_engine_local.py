@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from qinfra.cli import cli
-from qinfra.targets.local import alive
+from qinfra.processes import alive
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,43 +161,69 @@ def test_a_killed_server_is_restored_by_the_next_up(project):
     project["pids"].append(int(pid_file.read_text()))
 
 
-def test_a_concurrent_up_is_refused_by_the_lock(project):
-    """A second up while the stack is locked fails fast, naming who holds the lock and since when.
+def _capture_lock(project: dict, argv: list[str], kill: bool) -> tuple[subprocess.Popen, dict]:
+    """Start an update in its own process group and copy the lock files it takes."""
+    update = subprocess.Popen(argv, cwd=project["root"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    locks = project["root"] / ".qinfra" / "state" / ".pulumi" / "locks"
+    held: dict[Path, dict] = {}
+    deadline = time.monotonic() + 120
+    while not held and update.poll() is None and time.monotonic() < deadline:
+        for lock in locks.rglob("*.json"):
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                held[lock] = json.loads(lock.read_text())
+        time.sleep(0.01)
+    if kill:
+        os.killpg(update.pid, signal.SIGKILL)
+    update.communicate(timeout=300)
+    assert held, "the update never took a lock"
+    return update, held
 
-    The lock is the one a real update takes: captured while the first update runs and put back
-    after it ends, so the refusal does not depend on how fast the first update is.
+
+def test_a_concurrent_up_is_refused_by_the_lock(project):
+    """A second up while another holds the lock fails fast, naming who holds it and since when.
+
+    The lock is the one a real update took, put back after that update ended with its holder
+    standing for a still-running update (a live process), so the refusal does not depend on
+    how fast the first update was.
     """
     stack = project["root"] / "stacks" / "Pulumi.local.yaml"
     stack.write_text(stack.read_text().replace("threads: 2", "threads: 1"))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes", "--json"],
-        cwd=project["root"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    locks = project["root"] / ".qinfra" / "state" / ".pulumi" / "locks"
-    held: dict[Path, bytes] = {}
-    deadline = time.monotonic() + 120
-    while not held and first.poll() is None and time.monotonic() < deadline:
-        for lock in locks.rglob("*.json"):
-            with contextlib.suppress(FileNotFoundError):
-                held[lock] = lock.read_bytes()
-        time.sleep(0.01)
-    out, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, out.decode()
-    assert held, "the first update never took a lock"
-    for lock, content in held.items():
-        lock.write_bytes(content)
+    argv = [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes", "--json"]
+    first, held = _capture_lock(project, argv, kill=False)
+    assert first.returncode == 0
+    holder = subprocess.Popen(["sleep", "120"])
     try:
+        for lock, content in held.items():
+            lock.write_text(json.dumps({**content, "pid": holder.pid}))
         started = time.monotonic()
         second = qinfra("up", "--stack", "local", "--yes")
         assert second.exit_code == 1
         assert "locked" in second.output and "pulumi cancel" in second.output
-        assert "(pid" in second.output or "created by" in second.output  # who and when
+        assert f"pid {holder.pid}" in second.output  # who holds it (and since when, beside it)
         assert time.monotonic() - started < 60
     finally:
+        holder.kill()
+        holder.wait()
         for lock in held:
             lock.unlink(missing_ok=True)
+
+
+def test_an_interrupted_up_is_repaired_by_the_next(project):
+    """SIGKILL an update mid-way (qinfra, the engine and the provider): the next up clears the
+    dead process's lock, stops any server the interrupted update left, and serves both again."""
+    stack = project["root"] / "stacks" / "Pulumi.local.yaml"
+    stack.write_text(stack.read_text().replace("threads: 1", "threads: 2"))
+    argv = [sys.executable, "-m", "qinfra", "up", "--stack", "local", "--yes", "--json"]
+    _, held = _capture_lock(project, argv, kill=True)
+    result = qinfra("up", "--stack", "local", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    for lock in held:
+        assert not lock.exists()
+    for port in (project["port"], project["port"] + 1):
+        assert complete(port)["choices"]
+    run = project["root"] / ".qinfra" / "run" / "local"
+    project["pids"] += [int((run / v / "server.pid").read_text()) for v in ("baseline", "quantized")]
 
 
 def test_rollback_is_a_stack_file_diff_and_a_baseline_only_deployment(project):

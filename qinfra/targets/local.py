@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,10 @@ from typing import Any
 import pulumi
 import pulumi.dynamic as dyn
 
+from qinfra.processes import alive, stop
 from qinfra.targets import Deployed, DeployInput, variant_output, weights
 
 RUN_DIR_ENV = "QINFRA_RUN_DIR"
-STOP_TIMEOUT_S = 10.0
 
 
 def run_dir() -> Path:
@@ -35,46 +33,12 @@ def run_dir() -> Path:
 # --- process handling (runs inside the dynamic provider process) --------------------------------
 
 
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting for a parent that will never reap it."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie of ours is dead for our purposes
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    return True
-
-
 def _healthy(endpoint: str) -> bool:
     try:
         with urllib.request.urlopen(f"{endpoint}/health", timeout=3) as response:
             return response.status == 200
     except OSError:
         return False
-
-
-def _stop(pid: int) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it lingers."""
-    if not alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -91,6 +55,10 @@ def _start(props: dict[str, Any]) -> dict[str, Any]:
 
     folder = Path(props["run_dir"])
     folder.mkdir(parents=True, exist_ok=True)
+    pid_file = folder / "server.pid"
+    if pid_file.is_file():  # a server an interrupted update started but never recorded
+        with contextlib.suppress(ValueError):
+            stop(int(pid_file.read_text()))
     server, warmup = folder / "server.sh", folder / "warmup.sh"
     for path, text in ((server, props["server_sh"]), (warmup, props["warmup_sh"])):
         tmp = path.with_suffix(".tmp")
@@ -106,11 +74,11 @@ def _start(props: dict[str, Any]) -> dict[str, Any]:
         proc = subprocess.Popen(["/bin/sh", str(server)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 cwd=folder)
-    (folder / "server.pid").write_text(f"{proc.pid}\n")
+    pid_file.write_text(f"{proc.pid}\n")
     warm = subprocess.run(["/bin/sh", str(warmup)], env=env, capture_output=True, text=True,
                           check=False)
     if warm.returncode != 0 or proc.poll() is not None:
-        _stop(proc.pid)
+        stop(proc.pid)
         raise RuntimeError(
             f"llama-server for {props['variant']} did not become healthy and warm "
             f"({warm.stderr.strip() or 'exited'}); last lines of {log}:\n{_tail(log)}"
@@ -134,11 +102,11 @@ class LlamaServerProvider(dyn.ResourceProvider):
         return dyn.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
-        _stop(int(olds.get("pid") or 0))
+        stop(int(olds.get("pid") or 0))
         return dyn.UpdateResult(outs=_start(news))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        _stop(int(props.get("pid") or 0))
+        stop(int(props.get("pid") or 0))
         Path(props["run_dir"], "server.pid").unlink(missing_ok=True)
 
     def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
