@@ -113,7 +113,9 @@ def _print_rich(report: Any) -> None:
         table.add_row(k, *(arrow((v.before or {}).get(k), (v.after or {}).get(k))
                            for v in report.variants))
     console.print(table)
-    console.print(f"cost: ${arrow(report.usd_per_hour_before, report.usd_per_hour_after)} per hour")
+    before, after = report.usd_per_hour_before, report.usd_per_hour_after
+    was = "nothing deployed" if before is None else f"${before:,.2f}/hour"
+    console.print(f"cost: ${after:,.2f}/hour (deployed: {was})")
 
 
 def _confirm(yes: bool, question: str) -> None:
@@ -176,7 +178,7 @@ def _print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
 
     table = Table(title=f"{stack}: stage {outputs.get('stage')}", title_justify="left")
     for col in ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "endpoint")
     for name, v in (outputs.get("variants") or {}).items():
         table.add_row(name, str(v.get("format")), f"{v.get('weight_percent')}%",
                       str(v.get("replicas")), str(v.get("gpu") or "-"),
