@@ -21,15 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.sample_files import write_random  # noqa: E402
 from qinfra.artifacts import NO_PROGRESS, Hasher, SourceFile  # noqa: E402
 from qinfra.stores import MIB  # noqa: E402
-
-
-def write_random(path: Path, size: int) -> None:
-    with open(path, "wb") as out:
-        for _ in range(size // MIB):
-            out.write(os.urandom(MIB))
-        out.write(os.urandom(size % MIB))
 
 
 def best(runs: int, fn: Callable[[], object]) -> float:

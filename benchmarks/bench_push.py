@@ -23,15 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.sample_files import write_random  # noqa: E402
 from qinfra import artifacts as art  # noqa: E402
 from qinfra.stores import MIB, open_store  # noqa: E402
-
-
-def write_random(path: Path, size: int) -> None:
-    with open(path, "wb") as out:
-        for _ in range(size // MIB):
-            out.write(os.urandom(MIB))
-        out.write(os.urandom(size % MIB))
 
 
 @contextlib.contextmanager

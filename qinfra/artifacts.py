@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qinfra.errors import ArtifactError
 from qinfra.formats import Format, format_info
+from qinfra.hub import hub_errors
 from qinfra.llamacpp import QuantizeRecipe
 from qinfra.modelinfo import DEMO_MODEL_ID
 from qinfra.stores import (
@@ -355,40 +356,18 @@ def _download(
 ) -> Path:
     """snapshot_download of only the serving files; HF_TOKEN, HF_HUB_OFFLINE and HF_HOME apply."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
     )
 
-    where = f"{repo_id}@{revision or 'main'}"
     silence = not progress.visible and not are_progress_bars_disabled()
     if silence:
         disable_progress_bars()
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns)))
-    except GatedRepoError:
-        raise ArtifactError(
-            f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ArtifactError(f"hub repo '{repo_id}' not found (or private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise ArtifactError(f"{repo_id} has no revision '{revision}'") from None
-    except LocalEntryNotFoundError:
-        raise ArtifactError(
-            f"{where} is not cached and the hub cannot be reached (offline?). To fix: download "
-            "it once online, or point the source at a local directory"
-        ) from None
-    except HfHubHTTPError as exc:
-        raise ArtifactError(f"downloading {where} failed: {exc}") from None
+        with hub_errors(repo_id, revision, ArtifactError, "the serving files"):
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns)))
     finally:
         if silence:
             enable_progress_bars()

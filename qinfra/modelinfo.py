@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qinfra.errors import ModelInfoError
+from qinfra.hub import hub_errors
 
 DEMO_MODEL_ID = "qinfra-demo"
 """The built-in tiny llama (qinfra.demomodel) that the `local` stack serves with no download."""
@@ -258,30 +259,6 @@ def load(model_id: str, revision: str = "main") -> ModelInfo:
 
 def _hub_config(repo_id: str, revision: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
-    try:
+    with hub_errors(repo_id, revision, ModelInfoError, "config.json"):
         return Path(hf_hub_download(repo_id, "config.json", revision=revision))
-    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: must come first
-        raise ModelInfoError(
-            f"config.json of {repo_id}@{revision} is not cached and the hub cannot be reached "
-            "(offline?): download it once online, or point qinfra:model.id at a local directory"
-        ) from None
-    except GatedRepoError:
-        raise ModelInfoError(
-            f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelInfoError(
-            f"hub repo '{repo_id}' not found (or private: set HF_TOKEN)"
-        ) from None
-    except RevisionNotFoundError:
-        raise ModelInfoError(f"{repo_id} has no revision '{revision}'") from None
-    except EntryNotFoundError:
-        raise ModelInfoError(f"{repo_id}@{revision} has no config.json") from None
