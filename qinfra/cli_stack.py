@@ -158,7 +158,7 @@ def _stored(uri: str) -> bool:
 def _apply(spec: Any, yes: bool, as_json: bool) -> None:
     from qinfra.engine import Engine
 
-    engine = Engine(spec.name)
+    engine = Engine(spec.name, backend=spec.backend)
     if not yes or not as_json:
         report = _preview_with_history(engine, spec)
         if not as_json:
@@ -198,7 +198,7 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
     from qinfra.engine import Engine
 
     spec = _load(stack)
-    _print_report(_preview_with_history(Engine(stack), spec), as_json, markdown)
+    _print_report(_preview_with_history(Engine(stack, backend=spec.backend), spec), as_json, markdown)
 
 
 @click.command()
@@ -272,8 +272,8 @@ def status(stack: str, as_json: bool) -> None:
     """The stack's outputs: stage, and per variant its traffic, replicas and endpoint."""
     from qinfra.engine import Engine
 
-    _load(stack)
-    outputs = Engine(stack).outputs()
+    spec = _load(stack)
+    outputs = Engine(stack, backend=spec.backend).outputs()
     if as_json:
         _echo_json({"stack": stack, "outputs": outputs})
     elif not outputs:
@@ -290,8 +290,8 @@ def history(stack: str, as_json: bool) -> None:
     from qinfra.engine import Engine
     from qinfra.history import entries
 
-    _load(stack)
-    rows = entries(stack, Engine(stack).history())
+    spec = _load(stack)
+    rows = entries(stack, Engine(stack, backend=spec.backend).history())
     if as_json:
         _echo_json(rows)
         return
@@ -315,9 +315,9 @@ def destroy(stack: str, yes: bool) -> None:
     """Stop and delete everything the stack runs; artifacts in the store are kept."""
     from qinfra.engine import Engine
 
-    _load(stack)
+    spec = _load(stack)
     _confirm(yes, f"Destroy every resource of stack {stack}?")
-    outcome = Engine(stack).destroy()
+    outcome = Engine(stack, backend=spec.backend).destroy()
     click.echo(f"destroyed: {outcome.summary.get('delete', 0)} resources")
 
 

@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Project:
     """Where the project's Pulumi.yaml, state, logs and tools are."""
 
     root: Path
+    backend: str | None = None  # the stack file's qinfra:backend
 
     @property
     def state_dir(self) -> Path:
@@ -53,7 +54,7 @@ class Project:
 
     @property
     def backend_url(self) -> str:
-        return os.environ.get(BACKEND_ENV) or f"file://{self.state_dir}"
+        return os.environ.get(BACKEND_ENV) or self.backend or f"file://{self.state_dir}"
 
     @classmethod
     def find(cls, start: Path | None = None) -> Project:
@@ -130,9 +131,11 @@ class Engine:
     """One qinfra stack's Pulumi stack. Creates it on first use."""
 
     def __init__(self, stack: str, project: Project | None = None,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, backend: str | None = None):
         self.stack_name = stack
         self.project = project or Project.find()
+        if backend:
+            self.project = replace(self.project, backend=backend)
         self._extra_env = dict(env or {})
         self._stack: Any = None
 

@@ -85,9 +85,8 @@ def _property_changes(change: Change) -> tuple[PropertyChange, ...]:
         if old == new:
             continue
         if "\n" in old or "\n" in new:  # a rendered script: only the lines that differ
-            lines = [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(),
-                                                           lineterm="", n=0)
-                     if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+            diff = list(difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0))
+            lines = [line for line in diff[2:] if line[:1] in ("+", "-")]  # past the file header
             old = "\n".join(line[1:] for line in lines if line.startswith("-"))
             new = "\n".join(line[1:] for line in lines if line.startswith("+"))
         out.append(PropertyChange(top, old, new))

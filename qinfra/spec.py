@@ -210,6 +210,9 @@ class StackSpec(_Model):
     rollout: RolloutSpec
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Settings "
                                        "of the kubernetes target.")
+    backend: str | None = Field(None, description="Pulumi state backend of this stack: "
+                                "s3://bucket/prefix (shared state and locks for a team) or "
+                                "file:///abs/path; default .qinfra/state; PULUMI_BACKEND_URL wins.")
     api_key: Encrypted | None = Field(None, description="API key the engines require; a "
                                       "Pulumi secret (`pulumi config set --secret`).")
     hf_token: Encrypted | None = Field(None, description="Hub token for gated models; a "
@@ -235,6 +238,14 @@ class StackSpec(_Model):
         if self.target is Target.LOCAL and engine is not Engine.LLAMA_CPP:
             raise _FieldError(("serving", "engine"), engine.value, "llama.cpp for target local")
         return self
+
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_uri(cls, v: str | None) -> str | None:
+        if v is None or v.startswith(("s3://", "file:///")):
+            return v
+        raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path")
 
 
 class _FieldError(ValueError):
