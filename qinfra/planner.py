@@ -411,7 +411,9 @@ def _tp_errors(model: ModelInfo, tp: int) -> list[str]:
 def _weights_note(parts: dict[str, int], rotary: int, info: FormatInfo, model: ModelInfo) -> str:
     bits = linear_bits(info, model)
     text = ", ".join(f"{k} {v / GIB:.3f}" for k, v in parts.items() if v)
-    note = f"GiB: {text}, rotary cache {rotary / GIB:.3f}; linear at {bits:g} bits/weight"
+    if rotary:
+        text += f", rotary cache {rotary / GIB:.3f}"
+    note = f"GiB: {text}; linear at {bits:g} bits/weight"
     if info.mix_estimate:
         note += " (GGUF mix average measured on Llama-3.1-8B: estimate)"
     return note
@@ -490,7 +492,8 @@ def plan_llama_cpp(
         Term("weights", weights, estimate=info.mix_estimate,
              note=_weights_note(parts, 0, info, model)
              + (f"; token embedding {parts['embedding'] / GIB:.3f} GiB in host RAM" if on_gpu else "")),
-        Term("gpu_reserve", reserve, estimate=True, note="CUDA context and cuBLAS handles"),
+        *([Term("gpu_reserve", reserve, estimate=True, note="CUDA context and cuBLAS handles")]
+          if on_gpu else []),
         Term("compute_buffer", compute_bytes, estimate=True,
              note=f"logits {model.vocab_size} x ubatch {LLAMA_CPP_UBATCH} x 4 B + FFN scratch"
              + ("" if opts.flash_attn else " + KQ scratch (no flash attention)")),
