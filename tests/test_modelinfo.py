@@ -107,3 +107,27 @@ def test_gguf_file_and_demo_model_agree(tmp_path):
     for field in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "head_dim",
                   "intermediate_size", "vocab_size", "max_position_embeddings"):
         assert getattr(from_file, field) == getattr(builtin, field), field
+
+
+DEEPSEEK_V2_LITE = {  # deepseek-ai/DeepSeek-V2-Lite config.json (the facts used)
+    "model_type": "deepseek_v2", "hidden_size": 2048, "num_hidden_layers": 27,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
+    "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "intermediate_size": 10944, "moe_intermediate_size": 1408, "n_routed_experts": 64,
+    "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1,
+    "vocab_size": 102400, "max_position_embeddings": 163840, "tie_word_embeddings": False,
+}
+
+
+def test_mla_stores_one_latent_per_layer_not_split_by_tp():
+    """serving-memory.md: MLA keeps kv_lora_rank + qk_rope_head_dim (512 + 64) per token and
+    layer, no x2 for K and V, not split across ranks: 27 x 576 x 2 B = 31,104 B in bf16."""
+    from qinfra.planner import kv_bytes_per_token_vllm
+
+    info = modelinfo.from_config(DEEPSEEK_V2_LITE)
+    assert info.mla is not None and info.moe is not None and info.moe.dense_layers == 1
+    assert kv_bytes_per_token_vllm(info, 1, "auto") == 27 * 576 * 2
+    assert kv_bytes_per_token_vllm(info, 2, "auto") == 27 * 576 * 2
+    assert kv_bytes_per_token_vllm(info, 1, "fp8") == 27 * 576
+    total = sum(vars(param_counts(info)).values())
+    assert total / 1e9 == pytest.approx(15.7, abs=0.05)  # model card: 15.7B
