@@ -252,6 +252,18 @@ class KubeContext:
     startup_period_s: int
     startup_failure_threshold: int
     startup_timeout_s: int
+    termination_grace_s: int  # a draining pod finishes its longest generation
+
+
+# The slowest token stream a busy replica still delivers, an estimate (qinfra's, not a vendor
+# figure): a generation of max_model_len tokens ends within max_model_len / this.
+SLOWEST_DECODE_TOKENS_PER_S = 10
+
+
+def generation_s(spec: StackSpec) -> int:
+    """How long one request may run: what a load balancer or route waits before cutting it off,
+    and what a draining replica is given to finish."""
+    return math.ceil(spec.serving.max_model_len / SLOWEST_DECODE_TOKENS_PER_S)
 
 
 # --- one variant, checked ------------------------------------------------------------------------
@@ -541,6 +553,7 @@ def kube_context(v: Variant, launch: LaunchContext, artifact: ArtifactContext,
         startup_period_s=PROBE_PERIOD_S,
         startup_failure_threshold=math.ceil(launch.startup_budget_s / PROBE_PERIOD_S),
         startup_timeout_s=WARMUP_REQUEST_S + 15,
+        termination_grace_s=generation_s(v.spec),
     )
 
 

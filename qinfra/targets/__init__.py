@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +57,6 @@ def weights(spec: StackSpec) -> dict[str, int]:
     """Traffic per variant: the quantized share of the rollout, the rest to the baseline."""
     quantized = traffic_share(spec.rollout.stage, spec.rollout.quantized_percent)["quantized"]
     return {"baseline": 100 - quantized, "quantized": quantized}
-
-
-# The slowest token stream a busy replica still delivers, an estimate (qinfra's, not a vendor
-# figure): a generation of max_model_len tokens ends within max_model_len / this.
-SLOWEST_DECODE_TOKENS_PER_S = 10
-
-
-def generation_s(spec: StackSpec) -> int:
-    """How long one request may run: what a load balancer or route waits before cutting it off,
-    and what a draining replica is given to finish."""
-    return math.ceil(spec.serving.max_model_len / SLOWEST_DECODE_TOKENS_PER_S)
 
 
 def boot_s(spec: StackSpec, option: FleetOption) -> int:

@@ -13,9 +13,9 @@ import pulumi
 import pulumi_aws as aws
 
 from qinfra.errors import NoFitError, SpecError
-from qinfra.render_context import LaunchInputs, artifact_bytes, check_variant, engine_instances
+from qinfra.render_context import LaunchInputs, artifact_bytes, check_variant, engine_instances, generation_s
 from qinfra.spec import StackSpec
-from qinfra.targets import Deployed, DeployInput, boot_s, generation_s, variant_output, weights
+from qinfra.targets import Deployed, DeployInput, boot_s, variant_output, weights
 
 # AWS Deep Learning Base GPU AMI (Ubuntu 22.04): NVIDIA driver, docker and the NVIDIA container
 # toolkit, AWS CLI (AWS DLAMI Developer Guide, "DLAMI release notes", Base OSS Nvidia Driver GPU

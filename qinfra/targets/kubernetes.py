@@ -10,9 +10,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from ruamel.yaml import YAML
 
-from qinfra.render_context import k8s_name
+from qinfra.render_context import generation_s, k8s_name
 from qinfra.spec import StackSpec
-from qinfra.targets import Deployed, DeployInput, boot_s, generation_s, variant_output, weights
+from qinfra.targets import Deployed, DeployInput, boot_s, variant_output, weights
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"  # EKS User Guide, IAM roles for service accounts

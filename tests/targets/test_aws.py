@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from qinfra.errors import NoFitError
+from qinfra.render_context import generation_s
 from qinfra.spec import PULUMI_HELD, StackSpec, parse_config
-from qinfra.targets import generation_s
 from qinfra.targets.aws import AMI_NAME, _short, target_group_weights
 from tests.render_helpers import PINS, launch_command, load_yaml, plan_for
 from tests.targets.mocks import (
