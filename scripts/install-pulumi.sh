@@ -387,6 +387,10 @@ EOF
 
 # --- Go builds --------------------------------------------------------------------
 go_env() {
+    # A Go installed the usual way but not on this shell's PATH (CI environments trim it).
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        PATH="/usr/local/go/bin:$PATH"
+    fi
     command -v go >/dev/null 2>&1 || die "no pulumi found and no Go toolchain to build one (install Go >= 1.26)"
     export GOFLAGS="-mod=mod -buildvcs=false"
     export CGO_ENABLED=0
