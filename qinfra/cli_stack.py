@@ -274,12 +274,34 @@ def status(stack: str, as_json: bool) -> None:
 
     spec = _load(stack)
     outputs = Engine(stack, backend=spec.backend).outputs()
+    health = _health(outputs)
     if as_json:
-        _echo_json({"stack": stack, "outputs": outputs})
+        _echo_json({"stack": stack, "outputs": outputs, "health": health})
     elif not outputs:
         click.echo(f"stack {stack} has nothing deployed; run `qinfra up --stack {stack}`")
     else:
         _print_endpoints(stack, outputs)
+        for name, state in health.items():
+            colour = "green" if state == "ok" else "red"
+            _console().print(f"{name}: [{colour}]{state}[/]")
+
+
+def _health(outputs: dict[str, Any]) -> dict[str, str]:
+    """GET <endpoint>/health of each variant that has its own endpoint (2 s each, in parallel)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(url: str) -> str:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=2) as response:
+                return "ok" if response.status == 200 else f"http {response.status}"
+        except OSError as exc:
+            return f"unreachable ({getattr(exc, 'reason', exc)})"
+
+    endpoints = {name: v["endpoint"] for name, v in (outputs.get("variants") or {}).items()
+                 if isinstance(v, dict) and str(v.get("endpoint") or "").startswith("http")}
+    with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
+        return dict(zip(endpoints, pool.map(probe, endpoints.values()), strict=True))
 
 
 @click.command()

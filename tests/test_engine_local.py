@@ -141,9 +141,11 @@ def test_up_serves_both_variants(project):
 def test_status_json_has_the_variants_output(project):
     result = qinfra("status", "--stack", "local", "--json")
     assert result.exit_code == 0
-    outputs = json.loads(result.output)["outputs"]
+    data = json.loads(result.output)
+    outputs = data["outputs"]
     assert set(outputs["variants"]) == {"baseline", "quantized"}
     assert outputs["stage"] == "ab_test"
+    assert data["health"] == {"baseline": "ok", "quantized": "ok"}
 
 
 def test_a_killed_server_is_restored_by_the_next_up(project):
@@ -241,6 +243,8 @@ def test_rollback_is_a_stack_file_diff_and_a_baseline_only_deployment(project):
     outputs = json.loads(qinfra("status", "--stack", "local", "--json").output)["outputs"]
     assert outputs["variants"]["baseline"]["weight_percent"] == 100
     assert outputs["variants"]["quantized"]["replicas"] == 0
+    health = json.loads(qinfra("status", "--stack", "local", "--json").output)["health"]
+    assert health == {"baseline": "ok"}  # the quantized variant has no endpoint at 0%
 
 
 def test_history_shows_every_update(project):
