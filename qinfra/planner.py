@@ -29,16 +29,18 @@ VLLM_VOCAB_PADDING = 64
 # Bytes per element of activations during the profile run (model dtype, 16-bit).
 ACTIVATION_BYTES = 2
 # Forward-pass peak: the MLP's gate_up output (2 I) and activation output (I) live together with
-# three hidden-size tensors (input, residual, normed). Fitted against vLLM issue 10517's two runs
+# three hidden-size tensors (input, residual, normed). Checked against vLLM issue 10517's two runs
 # (max_model_len 20000 and 29000): the slope of non-KV memory is 110,213..110,679 bytes per
-# profiled token for Llama-3.1-8B; this model gives 110,592.
+# profiled token for Llama-3.1-8B; this model gives 110,592, and 2.06 / 2.99 GiB against the
+# logged peak_torch_memory - weights of 2.07 / 2.99 GiB.
 ACTIVATION_HIDDEN_TENSORS = 3
 # Sampler warm-up (vllm/v1/worker/gpu_model_runner.py _dummy_sampler_run): logits for
 # max_num_seqs requests in fp32 plus the softmax/top-k working copies. Estimate: 12 B per logit.
 SAMPLER_BYTES_PER_LOGIT = 12
 # Memory outside torch's allocator (CUDA context growth, cuBLAS/NCCL workspaces). 0.07-0.35 GiB
-# in public single-GPU logs; 0.36 GiB is what issue 10517's log leaves after weights and
-# activations. Tensor parallelism adds NCCL buffers (estimate).
+# in public single-GPU logs; issue 10517's log reports non_torch_memory 0.35 GiB, and 0.36 GiB is
+# what it leaves after weights and our activation term. Tensor parallelism adds NCCL buffers
+# (estimate).
 NON_TORCH_GIB = 0.36
 NON_TORCH_TP_EXTRA_GIB = 0.5
 # CUDA-graph pool, subtracted since vLLM 0.21 (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1).

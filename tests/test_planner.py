@@ -95,7 +95,8 @@ class TestPublicLog:
     """vLLM issue 10517: Llama-3.1-8B BF16 on one RTX 3090 (23.58 GiB), utilization 0.90,
     chunked prefill off so the profile ran max_model_len tokens, older engine (no CUDA-graph
     term). Published: weights 14.9888 GiB; at max_model_len 20000 KV 3.81 GiB = 1952 blocks =
-    31,232 tokens, concurrency 1.56x; at 29000 KV 2.89 GiB = 23,648 tokens, rejected.
+    31,232 tokens, concurrency 1.56x; at 29000 KV 2.89 GiB = 23,648 tokens, rejected. The same
+    log gives peak_torch_memory 17.06 / 17.98 GiB and non_torch_memory 0.35 GiB.
     Tolerance: weights within 0.001 GiB, KV tokens within 2 blocks (32 tokens), concurrency
     within 0.01."""
 
@@ -105,6 +106,16 @@ class TestPublicLog:
             EngineOptions(max_model_len=max_len, gpu_memory_utilization=0.90,
                           max_num_batched_tokens=max_len, cuda_graph_gib=0),
         )
+
+    @pytest.mark.parametrize(("max_len", "peak_torch_gib"), [(20000, 17.06), (29000, 17.98)])
+    def test_activation_matches_the_logged_torch_peak(self, reference_models, max_len,
+                                                      peak_torch_gib):
+        """The log's `peak_torch_memory` minus the weights is the profile run's activation peak
+        (2 decimals logged, so +-0.01 GiB); its `non_torch_memory` is 0.35 GiB."""
+        plan = self.plan(reference_models, max_len)
+        activation = plan.term("peak_activation").gib
+        assert activation == pytest.approx(peak_torch_gib - 14.9888, abs=0.015)
+        assert plan.term("non_torch").gib == pytest.approx(0.35, abs=0.011)
 
     def test_weights(self, reference_models):
         plan = self.plan(reference_models, 20000)
