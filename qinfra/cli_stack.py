@@ -58,23 +58,20 @@ def _deployed_plan(engine: Any, stack: str) -> Any:
     return None
 
 
-def _report(engine: Any, spec: Any, outcome: Any, before: Any = None) -> Any:
-    from qinfra.preview import build_report
-
-    if before is None:
-        before = _deployed_plan(engine, spec.name)
-    return build_report(spec.name, outcome.changes, outcome.summary, before, _plan(spec))
 
 
 def _preview_with_history(engine: Any, spec: Any) -> Any:
     """Preview and read the deployed plan side by side: two CLI calls, one wait."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from qinfra.preview import build_report
+
     engine.stack()  # select (or create) the stack once, before the two calls share it
     with ThreadPoolExecutor(max_workers=1) as pool:
         before = pool.submit(_deployed_plan, engine, spec.name)
         outcome = engine.preview()
-        return _report(engine, spec, outcome, before.result())
+        return build_report(spec.name, outcome.changes, outcome.summary, before.result(),
+                            _plan(spec))
 
 
 def _print_report(report: Any, as_json: bool, markdown: bool) -> None:
