@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sample_files import write_random  # noqa: E402
 from qinfra import artifacts as art  # noqa: E402
-from qinfra.stores import MIB, open_store  # noqa: E402
+from qinfra.artifacts.stores import MIB, open_store  # noqa: E402
 
 
 @contextlib.contextmanager

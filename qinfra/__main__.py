@@ -1,5 +1,5 @@
 """`python -m qinfra` runs the CLI."""
 
-from qinfra.cli import main
+from qinfra.cli.main import main
 
 main()

@@ -22,7 +22,7 @@ echo "==> installing qinfra and its test parts into .venv"
 
 # The pinned vLLM release's wheel: the tests read its argument definitions to prove every
 # rendered flag exists (vLLM itself is not installed here: it needs torch and a GPU).
-VLLM_VERSION=$(.venv/bin/python -c 'from qinfra.planner import VLLM_VERSION; print(VLLM_VERSION)')
+VLLM_VERSION=$(.venv/bin/python -c 'from qinfra.planning.planner import VLLM_VERSION; print(VLLM_VERSION)')
 if ! ls .tools/wheels/vllm-"$VLLM_VERSION"-*.whl >/dev/null 2>&1; then
   echo "==> downloading the vllm==$VLLM_VERSION wheel (flag definitions for the render tests)"
   mkdir -p .tools/wheels

@@ -7,10 +7,10 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from qinfra import modelinfo
-from qinfra.hardware import catalog
-from qinfra.sizing import StackPlan, plan_stack
-from qinfra.spec import Encrypted, StackSpec, load_stack, parse_config
+from qinfra.core import modelinfo
+from qinfra.core.hardware import catalog
+from qinfra.planning.sizing import StackPlan, plan_stack
+from qinfra.core.spec import Encrypted, StackSpec, load_stack, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ROOT / "stacks"

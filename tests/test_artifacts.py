@@ -14,14 +14,14 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
-from qinfra import artifacts as art
-from qinfra.cli_artifacts import artifacts as artifacts_cli
-from qinfra.errors import ArtifactError
-from qinfra.formats import Format
-from qinfra.llamacpp import QuantizeRecipe, find_binary
-from qinfra.spec import load_stack
-from qinfra.stackfile import update_stack_file
-from qinfra.stores import MIB, S3Store, Store, TransferSettings, open_store
+from qinfra.artifacts import push as art
+from qinfra.cli.artifacts import artifacts as artifacts_cli
+from qinfra.core.errors import ArtifactError
+from qinfra.core.formats import Format
+from qinfra.serving.llamacpp import QuantizeRecipe, find_binary
+from qinfra.core.spec import load_stack
+from qinfra.deploy.stackfile import update_stack_file
+from qinfra.artifacts.stores import MIB, S3Store, Store, TransferSettings, open_store
 
 pytest_plugins = ["tests.s3server"]
 

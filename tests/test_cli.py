@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qinfra.cli import cli
+from qinfra.cli.main import cli
 
 REQUIRED_KEYS = {"format", "engine", "gpu", "tensor_parallel_size", "weights_gib",
                  "kv_bytes_per_token", "overhead_gib", "kv_cache_gib", "kv_cache_tokens",
@@ -111,7 +111,7 @@ def test_hub_model_offline_is_one_error_line():
 
 
 def test_help_does_not_import_heavy_packages():
-    code = ("import sys; from qinfra.cli import cli\n"
+    code = ("import sys; from qinfra.cli.main import cli\n"
             "try:\n    cli(['plan', '--help'])\nexcept SystemExit: pass\n"
             "heavy = [m for m in ('pulumi', 'pulumi_aws', 'boto3', 'pydantic', 'rich', 'jinja2',"
             " 'huggingface_hub') if m in sys.modules]\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qinfra.artifacts import FileEntry, Manifest
-from qinfra.render import USER_DATA_MAX_BYTES, ArtifactContext, environment, render_stack, render_template
+from qinfra.artifacts.push import FileEntry, Manifest
+from qinfra.serving.render import USER_DATA_MAX_BYTES, ArtifactContext, environment, render_stack, render_template
 from tests.render_helpers import example, load_yaml, plan_for, vllm_stack, with_api_key
 
 CLOUD_INIT = shutil.which("cloud-init")

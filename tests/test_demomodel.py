@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from qinfra.demomodel import (
+from qinfra.core.demomodel import (
     CHAT_TEMPLATE,
     DEMO_FACTS,
     DemoModelFacts,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qinfra.cli import cli
-from qinfra.processes import alive
+from qinfra.cli.main import cli
+from qinfra.deploy.processes import alive
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]

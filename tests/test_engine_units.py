@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from qinfra import modelinfo
-from qinfra.engine import BACKEND_ENV, Change, Engine, HistoryEntry, Project, classify
-from qinfra.errors import SpecError
-from qinfra.hardware import catalog
-from qinfra.history import entries
-from qinfra.preview import MARKDOWN_LIMIT, build_report, to_markdown
-from qinfra.rollout import rollback, rollout
-from qinfra.sizing import plan_stack
-from qinfra.spec import Stage, load_stack
+from qinfra.core import modelinfo
+from qinfra.deploy.engine import BACKEND_ENV, Change, Engine, HistoryEntry, Project, classify
+from qinfra.core.errors import SpecError
+from qinfra.core.hardware import catalog
+from qinfra.deploy.history import entries
+from qinfra.deploy.preview import MARKDOWN_LIMIT, build_report, to_markdown
+from qinfra.deploy.rollout import rollback, rollout
+from qinfra.planning.sizing import plan_stack
+from qinfra.core.spec import Stage, load_stack
 
 
 def test_classify_maps_a_lock_to_an_actionable_error(tmp_path):

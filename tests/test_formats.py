@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qinfra.formats import Engine, Format, FormatKind, check_compatibility, format_info, format_table
-from qinfra.hardware import catalog
+from qinfra.core.formats import Engine, Format, FormatKind, check_compatibility, format_info, format_table
+from qinfra.core.hardware import catalog
 
 
 def cc(gpu: str) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qinfra.errors import SpecError
-from qinfra.hardware import adhoc_gpu, catalog
+from qinfra.core.errors import SpecError
+from qinfra.core.hardware import adhoc_gpu, catalog
 
 REQUIRED_GPUS = {"t4", "v100", "a10g", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-80gb", "h200"}
 REQUIRED_FAMILIES = {"g4dn", "p3", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qinfra.planner import VLLM_VERSION
-from qinfra.render import LLAMA_CPP_BUILD, PROBE_PERIOD_S, render_stack
+from qinfra.planning.planner import VLLM_VERSION
+from qinfra.serving.render import LLAMA_CPP_BUILD, PROBE_PERIOD_S, render_stack
 from tests.render_helpers import example, load_yaml, plan_for, vllm_stack, with_api_key
 
 kubernetes_validate = pytest.importorskip(

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from qinfra.demomodel import write_demo_model
-from qinfra.errors import ArtifactError
-from qinfra.formats import Format, format_info
-from qinfra.llamacpp import SERVER, find_binary, quantize
-from qinfra.render import LLAMA_CPP_BUILD, LaunchInputs, render_stack, write_rendered
-from qinfra.sizing import StackPlan
-from qinfra.spec import StackSpec, load_stack
+from qinfra.core.demomodel import write_demo_model
+from qinfra.core.errors import ArtifactError
+from qinfra.core.formats import Format, format_info
+from qinfra.serving.llamacpp import SERVER, find_binary, quantize
+from qinfra.serving.render import LLAMA_CPP_BUILD, LaunchInputs, render_stack, write_rendered
+from qinfra.planning.sizing import StackPlan
+from qinfra.core.spec import StackSpec, load_stack
 from tests.render_helpers import STACKS, launch_command, plan_for, with_api_key
 
 pytestmark = pytest.mark.real

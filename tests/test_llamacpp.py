@@ -18,9 +18,9 @@ from typing import Any
 import gguf
 import pytest
 
-from qinfra.demomodel import DEMO_FACTS, write_demo_model
-from qinfra.errors import ArtifactError
-from qinfra.llamacpp import (
+from qinfra.core.demomodel import DEMO_FACTS, write_demo_model
+from qinfra.core.errors import ArtifactError
+from qinfra.serving.llamacpp import (
     BIN_DIR_ENV,
     QUANTIZE,
     SERVER,

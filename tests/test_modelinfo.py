@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qinfra import modelinfo
-from qinfra.errors import ModelInfoError
-from qinfra.formats import Format
-from qinfra.hardware import catalog
-from qinfra.planner import EngineOptions, param_counts, plan_vllm
+from qinfra.core import modelinfo
+from qinfra.core.errors import ModelInfoError
+from qinfra.core.formats import Format
+from qinfra.core.hardware import catalog
+from qinfra.planning.planner import EngineOptions, param_counts, plan_vllm
 
 MIXTRAL = {  # mistralai/Mixtral-8x7B-v0.1 config.json (abridged to the facts used)
     "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32,
@@ -98,7 +98,7 @@ def test_not_a_hub_id():
 
 
 def test_gguf_file_and_demo_model_agree(tmp_path):
-    from qinfra.demomodel import write_demo_model
+    from qinfra.core.demomodel import write_demo_model
 
     path = tmp_path / "demo.gguf"
     write_demo_model(path)
@@ -122,7 +122,7 @@ DEEPSEEK_V2_LITE = {  # deepseek-ai/DeepSeek-V2-Lite config.json (the facts used
 def test_mla_stores_one_latent_per_layer_not_split_by_tp():
     """serving-memory.md: MLA keeps kv_lora_rank + qk_rope_head_dim (512 + 64) per token and
     layer, no x2 for K and V, not split across ranks: 27 x 576 x 2 B = 31,104 B in bf16."""
-    from qinfra.planner import kv_bytes_per_token_vllm
+    from qinfra.planning.planner import kv_bytes_per_token_vllm
 
     info = modelinfo.from_config(DEEPSEEK_V2_LITE)
     assert info.mla is not None and info.moe is not None and info.moe.dense_layers == 1

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qinfra import modelinfo
-from qinfra.formats import Engine, Format
-from qinfra.hardware import adhoc_gpu, catalog
-from qinfra.planner import (
+from qinfra.core import modelinfo
+from qinfra.core.formats import Engine, Format
+from qinfra.core.hardware import adhoc_gpu, catalog
+from qinfra.planning.planner import (
     GIB,
     MIB,
     EngineOptions,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qinfra.errors import QinfraError
-from qinfra.formats import Format
-from qinfra.render import (
+from qinfra.core.errors import QinfraError
+from qinfra.core.formats import Format
+from qinfra.serving.render import (
     LaunchInputs,
     RenderError,
     render_files,
@@ -73,7 +73,7 @@ def test_same_input_same_bytes_in_another_process():
     assert render_stack(spec, plan) == first
     assert list(first) == sorted(first)
     code = (
-        "from qinfra.render import render_stack; from tests.render_helpers import example; "
+        "from qinfra.serving.render import render_stack; from tests.render_helpers import example; "
         "from tests.test_render import _digest; print(_digest(render_stack(*example('k8s'))))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -262,7 +262,7 @@ def _pin_local_stack(stacks: Path, pin: bool = True) -> None:
 
 
 def test_cli_render_writes_and_lists(stacks, tmp_path):
-    from qinfra.cli_render import render
+    from qinfra.cli.render import render
 
     _pin_local_stack(stacks)
     out = tmp_path / "out"
@@ -285,7 +285,7 @@ def test_cli_render_writes_and_lists(stacks, tmp_path):
 
 
 def test_cli_render_unpinned_stack_fails_with_one_error_line(stacks, tmp_path):
-    from qinfra.cli_render import render
+    from qinfra.cli.render import render
 
     _pin_local_stack(stacks, pin=False)
     out = tmp_path / "out"

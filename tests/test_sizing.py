@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qinfra import modelinfo
-from qinfra.hardware import catalog
-from qinfra.sizing import plan_stack, traffic_share
-from qinfra.spec import Stage, parse_config
+from qinfra.core import modelinfo
+from qinfra.core.hardware import catalog
+from qinfra.planning.sizing import plan_stack, traffic_share
+from qinfra.core.spec import Stage, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_nothing_fits_is_reported(reference_models):
 
 
 def test_local_stack_plans_on_cpu(stacks):
-    from qinfra.spec import load_stack
+    from qinfra.core.spec import load_stack
 
     spec = load_stack("local")
     plan = plan_stack(spec, modelinfo.load(spec.model.id), catalog())

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from qinfra.errors import SpecError
-from qinfra.formats import Engine, Format
-from qinfra.spec import Encrypted, Stage, Target, load_stack, parse_config
+from qinfra.core.errors import SpecError
+from qinfra.core.formats import Engine, Format
+from qinfra.core.spec import Encrypted, Stage, Target, load_stack, parse_config
 
 
 def config(stacks: Path, name: str = "prod") -> dict[str, Any]:
@@ -137,7 +137,7 @@ def test_same_validation_inside_the_pulumi_program(stacks):
     flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in cfg.items()}
     pulumi.runtime.set_all_config(flat)
     try:
-        from qinfra.spec import from_pulumi_config
+        from qinfra.core.spec import from_pulumi_config
 
         spec = from_pulumi_config("k8s")
         assert spec.variants.quantized.format is Format.FP8 and spec.target is Target.KUBERNETES

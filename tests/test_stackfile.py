@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from qinfra.errors import SpecError
-from qinfra.spec import Stage, load_stack
-from qinfra.stackfile import update_stack_file
+from qinfra.core.errors import SpecError
+from qinfra.core.spec import Stage, load_stack
+from qinfra.deploy.stackfile import update_stack_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

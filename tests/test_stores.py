@@ -11,8 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from qinfra.errors import ArtifactError
-from qinfra.stores import (
+from qinfra.core.errors import ArtifactError
+from qinfra.artifacts.stores import (
     MIB,
     SHA256_METADATA_KEY,
     FileStore,

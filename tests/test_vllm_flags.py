@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qinfra.planner import VLLM_VERSION
-from qinfra.render import VLLM_IMAGE, render_stack
+from qinfra.planning.planner import VLLM_VERSION
+from qinfra.serving.render import VLLM_IMAGE, render_stack
 from tests.render_helpers import ROOT, example, launch_command, plan_for, scripts, vllm_stack
 
 WHEEL_ENV = "QINFRA_VLLM_WHEEL"

@@ -108,9 +108,8 @@ def stack_config(stack: str, stage: str, percent: int, **overrides: Any) -> dict
 
 
 def run_program(stack: str, config: Mapping[str, Any], secret_keys: tuple[str, ...] = ()) -> Run:
-    """qinfra.program.main() under fresh mocks and config, as `pulumi up` would run it."""
-    from qinfra import program
-
+    """qinfra.deploy.program.main() under fresh mocks and config, as `pulumi up` would run it."""
+    from qinfra.deploy import program
     settings.ROOT.set(None)  # a fresh root stack resource per run; mocks are process-wide
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="qinfra", stack=stack, preview=False)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from qinfra.errors import NoFitError
-from qinfra.render_context import generation_s
-from qinfra.spec import PULUMI_HELD, StackSpec, parse_config
-from qinfra.targets.aws import AMI_NAME, _short, target_group_weights
+from qinfra.core.errors import NoFitError
+from qinfra.serving.render_context import generation_s
+from qinfra.core.spec import PULUMI_HELD, StackSpec, parse_config
+from qinfra.deploy.targets.aws import AMI_NAME, _short, target_group_weights
 from tests.render_helpers import PINS, launch_command, load_yaml, plan_for
 from tests.targets.mocks import (
     AMI_ID,
@@ -304,7 +304,7 @@ def test_long_stack_names_fit_the_load_balancer_limits() -> None:
 
 
 def test_preview_without_aws_credentials_says_what_is_missing(stacks, monkeypatch, tmp_path) -> None:
-    from qinfra.cli import cli
+    from qinfra.cli.main import cli
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                 "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",

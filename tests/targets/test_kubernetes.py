@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from qinfra.spec import PULUMI_HELD, parse_config
-from qinfra.targets.kubernetes import secret_refs
+from qinfra.core.spec import PULUMI_HELD, parse_config
+from qinfra.deploy.targets.kubernetes import secret_refs
 from tests.render_helpers import PINS, launch_command, plan_for
 from tests.targets.mocks import API_KEY, Run, changed, changes, run_program, stack_config, walk
 

@@ -1,0 +1,206 @@
+"""The `qinfra` command line: parse, call, print. Heavy packages are imported inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from qinfra import __version__
+from qinfra.core.errors import QinfraError
+
+FORMATS = ("bf16", "fp16", "fp8", "int8", "awq", "gptq", "gguf-f16", "gguf-q8_0", "gguf-q6_k",
+           "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_k_s", "gguf-q3_k_m", "gguf-q2_k")
+GPUS = ("t4", "v100", "a10g", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-80gb", "h200")
+
+
+# Command groups that live in their own modules, imported only when named.
+_LAZY: dict[str, tuple[str, str]] = {
+    "artifacts": ("qinfra.cli.artifacts", "artifacts"),
+    "render": ("qinfra.cli.render", "render"),
+    **{name: ("qinfra.cli.stack", name)
+       for name in ("preview", "up", "rollback", "rollout", "status", "history", "destroy")},
+}
+
+
+class _Group(click.Group):
+    """Tracebacks only with --debug; every other failure is one `Error:` line and an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy(ctx):
+            import importlib
+
+            module, attr = _LAZY[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    @staticmethod
+    def _lazy(ctx: click.Context) -> list[str]:
+        import importlib.util
+
+        return [n for n, (m, _) in _LAZY.items() if importlib.util.find_spec(m) is not None]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise QinfraError(f"{type(exc).__name__}: {exc} (run with --debug for a traceback)") from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qinfra")
+@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+def cli(debug: bool) -> None:
+    """Deploy an LLM as a 16-bit baseline and a quantized variant, sized by a GPU-memory planner.
+
+    The stack file stacks/Pulumi.<stack>.yaml is the single source of truth; `qinfra plan`
+    shows what it costs in GPUs and money before anything is provisioned.
+    """
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@cli.command()
+@click.option("--stack", "stack", help="Plan this stack (stacks/Pulumi.<stack>.yaml).")
+@click.option("--model", help="Ad-hoc: hub id (owner/name), a local model dir, or a .gguf file.")
+@click.option("--revision", default="main", show_default=True, help="Ad-hoc: hub revision.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Ad-hoc: weight format.")
+@click.option("--engine", type=click.Choice(["vllm", "llama.cpp"]), default=None,
+              help="Ad-hoc: engine [default: llama.cpp for gguf-*, else vllm].")
+@click.option("--gpu", type=click.Choice(GPUS), help="Ad-hoc: a GPU from the catalog.")
+@click.option("--gpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
+              help="Ad-hoc: another GPU's total memory as the driver reports it (GiB).")
+@click.option("--compute-capability", type=click.FloatRange(min=3.0, max=20.0), default=None,
+              help="Ad-hoc: that GPU's compute capability [default: 8.0].")
+@click.option("--cpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
+              help="Ad-hoc, llama.cpp: plan in host RAM of this size instead of a GPU.")
+@click.option("--tensor-parallel-size", "-tp", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Ad-hoc: GPUs per engine instance.")
+@click.option("--max-model-len", type=click.IntRange(min=16),
+              help="Ad-hoc: longest request [default: the model's context length].")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True),
+              help="Ad-hoc: vLLM's share of total GPU memory [default: 0.92, vLLM 0.33.0].")
+@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto",
+              show_default=True, help="Ad-hoc: KV cache element type.")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=16),
+              help="Ad-hoc: vLLM's profiled batch [default: by GPU class, as vLLM picks].")
+@click.option("--max-num-seqs", type=click.IntRange(min=1),
+              help="Ad-hoc: vLLM's running-sequence limit [default: by GPU class].")
+@click.option("--cuda-graph-gib", type=click.FloatRange(min=0),
+              help="Ad-hoc: CUDA-graph pool to subtract (0 for --enforce-eager or vLLM < 0.21) "
+                   "[default: an estimate].")
+@click.option("--parallel", type=click.IntRange(min=1),
+              help="Ad-hoc, llama.cpp: server slots [default: as many as fit].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan(stack: str | None, model: str | None, revision: str, fmt: str | None,
+         engine: str | None, gpu: str | None, gpu_memory_gib: float | None,
+         compute_capability: float | None, cpu_memory_gib: float | None,
+         tensor_parallel_size: int, max_model_len: int | None,
+         gpu_memory_utilization: float | None, kv_cache_dtype: str,
+         max_num_batched_tokens: int | None, max_num_seqs: int | None,
+         cuda_graph_gib: float | None, parallel: int | None, as_json: bool) -> None:
+    """Memory plan: GPUs, tensor parallelism, replicas, engine flags and cost.
+
+    \b
+    For a stack:  qinfra plan --stack prod
+    Ad-hoc:       qinfra plan --model DIR_OR_HUB_ID --format awq --gpu l4 --json
+
+    Every memory term is shown per GPU rank, and the estimated ones say so. Exit codes:
+    0 the plan fits, 1 it does not fit or the combination is refused, 2 bad usage.
+    """
+    if stack and model:
+        raise click.UsageError("give either --stack or --model, not both")
+    if stack:
+        _plan_stack(stack, as_json)
+        return
+    if not model or not fmt:
+        raise click.UsageError("give --stack NAME, or --model and --format for an ad-hoc plan")
+    if sum(x is not None for x in (gpu, gpu_memory_gib, cpu_memory_gib)) != 1:
+        raise click.UsageError("give exactly one of --gpu, --gpu-memory-gib, --cpu-memory-gib")
+    if compute_capability is not None and gpu_memory_gib is None:
+        raise click.UsageError("--compute-capability goes with --gpu-memory-gib")
+
+    from qinfra.core import modelinfo
+    from qinfra.core.formats import Engine, Format, format_info
+    from qinfra.core.hardware import adhoc_gpu, catalog
+    from qinfra.planning.planner import EngineOptions, plan_engine
+
+    chosen_engine = Engine(engine) if engine else (
+        Engine.LLAMA_CPP if format_info(fmt).is_gguf else Engine.VLLM)
+    if cpu_memory_gib is not None and chosen_engine is not Engine.LLAMA_CPP:
+        raise click.UsageError("--cpu-memory-gib plans are for --engine llama.cpp")
+    device = None
+    if gpu:
+        device = catalog().gpu(gpu)
+    elif gpu_memory_gib is not None:
+        device = adhoc_gpu(gpu_memory_gib, compute_capability or 8.0)
+    opts = EngineOptions(
+        engine=chosen_engine,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_dtype=kv_cache_dtype,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        cuda_graph_gib=cuda_graph_gib,
+        parallel=parallel,
+    )
+    try:
+        info = modelinfo.load(model, revision)
+    except QinfraError as exc:
+        if as_json:
+            _emit_json({"fits": False, "errors": [exc.format_message()], "warnings": []})
+        raise
+    result = plan_engine(info, Format(fmt), device, opts, host_memory_gib=cpu_memory_gib or 0)
+    if as_json:
+        from qinfra.cli.views import engine_plan_dict
+
+        _emit_json(engine_plan_dict(result))
+    else:
+        from rich.console import Console
+
+        from qinfra.cli.views import print_engine_plan
+
+        print_engine_plan(Console(), result)
+    sys.exit(0 if result.fits else 1)
+
+
+def _plan_stack(stack: str, as_json: bool) -> None:
+    from qinfra.core import modelinfo
+    from qinfra.core.hardware import catalog
+    from qinfra.planning.sizing import plan_stack
+    from qinfra.core.spec import load_stack
+
+    spec = load_stack(stack)
+    info = modelinfo.load(spec.model.id, spec.model.revision)
+    result = plan_stack(spec, info, catalog())
+    if as_json:
+        from qinfra.cli.views import stack_plan_dict
+
+        _emit_json(stack_plan_dict(result))
+    else:
+        from rich.console import Console
+
+        from qinfra.cli.views import print_stack_plan
+
+        print_stack_plan(Console(), result)
+    sys.exit(0 if result.fits else 1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

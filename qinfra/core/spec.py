@@ -1,0 +1,458 @@
+"""The stack config schema (everything under `qinfra:` in stacks/Pulumi.<stack>.yaml) and loading."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qinfra.core.errors import SpecError, suggest
+from qinfra.core.formats import Engine, Format, FormatKind, format_info
+
+NAMESPACE = "qinfra"
+STACKS_DIR_ENV = "QINFRA_STACKS_DIR"
+
+
+class Target(StrEnum):
+    LOCAL = "local"
+    AWS = "aws"
+    KUBERNETES = "kubernetes"
+
+
+class Stage(StrEnum):
+    BASELINE_ONLY = "baseline_only"
+    AB_TEST = "ab_test"
+    GRADUAL = "gradual"
+    FULL = "full"
+    ROLLBACK = "rollback"
+
+
+class Variant(StrEnum):
+    """The two artifacts every stack deploys; iteration order is the order everything is shown in."""
+
+    BASELINE = "baseline"
+    QUANTIZED = "quantized"
+
+    @property
+    def kind(self) -> FormatKind:
+        """The format kind this variant must use (formats.toml's `kind`)."""
+        return FormatKind(self.value)
+
+
+class KvCacheDtype(StrEnum):
+    AUTO = "auto"
+    FP8 = "fp8"
+
+
+class Encrypted(BaseModel):
+    """A `secure:` value as Pulumi stores it; qinfra never decrypts it, Pulumi does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    secure: str
+
+    def __repr__(self) -> str:
+        return "Encrypted(<secret>)"
+
+    __str__ = __repr__
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ModelSpec(_Model):
+    id: str = Field(description="Hub id (owner/name), a local dir holding config.json, a .gguf "
+                    "file, or 'qinfra-demo' for the built-in tiny model.", min_length=1)
+    revision: str = Field("main", description="Hub revision (branch, tag or commit).")
+    served_name: str | None = Field(None, description="Model name the OpenAI API answers to.")
+
+
+class ArtifactsSpec(_Model):
+    store: str = Field(description="Where artifacts live: s3://bucket/prefix or file:///abs/path.")
+    create_bucket: bool = Field(True, description="aws target: create the store's S3 bucket "
+                                "(versioned, encrypted, private); false when it exists already.")
+
+    @field_validator("store")
+    @classmethod
+    def _store_uri(cls, v: str) -> str:
+        if v.startswith("s3://") and len(v) > len("s3://") and not v.startswith("s3:///"):
+            return v.rstrip("/")
+        if v.startswith("file:///"):
+            return v.rstrip("/")
+        raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path")
+
+
+class VariantSpec(_Model):
+    format: Format = Field(description="Weight format of this variant.")
+    source: str | None = Field(None, description="Where the weights come from (hub id, dir or "
+                               "file); default model.id. A gguf-* quantized variant with no "
+                               "source is quantized from the baseline.")
+    artifact: str | None = Field(None, description="Pinned artifact URI, written by "
+                                 "`qinfra artifacts push --stack`.")
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        last = v.rstrip("/").rsplit("/", 1)[-1]
+        if not v.startswith(("s3://", "file:///")) or not last.startswith("sha256-"):
+            raise ValueError("must be <store>/sha256-<hex>/ as written by `qinfra artifacts push`")
+        return v
+
+
+class VariantsSpec(_Model):
+    baseline: VariantSpec
+    quantized: VariantSpec
+
+    def of(self, variant: Variant) -> VariantSpec:
+        """The typed accessor: one place maps a `Variant` to its field."""
+        return self.baseline if variant is Variant.BASELINE else self.quantized
+
+    def pairs(self) -> tuple[tuple[Variant, VariantSpec], ...]:
+        return tuple((v, self.of(v)) for v in Variant)
+
+    @model_validator(mode="after")
+    def _kinds(self) -> VariantsSpec:
+        for name, variant in self.pairs():
+            want, fmt = name.kind, variant.format
+            if format_info(fmt).kind is not want:
+                allowed = [f.value for f in Format if format_info(f).kind is want]
+                raise _FieldError(
+                    (name, "format"), fmt.value, f"a {want.value} format: {', '.join(allowed)}"
+                )
+        return self
+
+
+class ServingSpec(_Model):
+    engine: Engine = Field(description="Serving engine.")
+    max_model_len: int = Field(ge=16, le=10_000_000, description="Longest request (prompt + "
+                               "output tokens) every replica must accept.")
+    concurrency: int = Field(ge=1, le=1_000_000, description="Sequences at max_model_len the "
+                             "whole fleet must hold at once.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=0.99, description="vLLM's share of "
+                                          "each GPU's total memory.")
+    kv_cache_dtype: KvCacheDtype = Field(KvCacheDtype.AUTO, description="auto (model dtype) or "
+                                         "fp8 (1 byte per element).")
+    max_num_batched_tokens: int | None = Field(None, ge=16, description="vLLM's prefill chunk; "
+                                               "default by GPU class as vLLM does.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the engine listens on.")
+
+
+class CpuSpec(_Model):
+    memory_gib: float = Field(gt=0, description="RAM llama.cpp may use on the host.")
+    threads: int = Field(ge=1, le=1024, description="--threads for llama-server.")
+
+
+class FleetSpec(_Model):
+    gpus: list[str] = Field(default_factory=list, description="GPU models the planner may "
+                            "choose from (see `qinfra plan --help`).")
+    cpu: CpuSpec | None = Field(None, description="Serve on CPU RAM (llama.cpp only).")
+    max_tensor_parallel: int = Field(8, ge=1, le=8, description="Largest tensor-parallel size.")
+
+    @field_validator("gpus")
+    @classmethod
+    def _known(cls, gpus: list[str]) -> list[str]:
+        from qinfra.core.hardware import catalog
+
+        known = catalog().gpus
+        for i, name in enumerate(gpus):
+            if name not in known:
+                raise _FieldError(
+                    (i,), name, f"one of {', '.join(known)}.{suggest(name, known)}"
+                )
+        return gpus
+
+    @model_validator(mode="after")
+    def _something(self) -> FleetSpec:
+        if not self.gpus and self.cpu is None:
+            raise ValueError("give gpus: [...] or cpu: {memory_gib, threads}")
+        return self
+
+
+class RolloutSpec(_Model):
+    stage: Stage = Field(description="Where the quantized variant is in its rollout.")
+    quantized_percent: Annotated[int, Field(ge=0, le=100)] = Field(
+        description="Share of traffic sent to the quantized variant."
+    )
+
+    @model_validator(mode="after")
+    def _stage_percent(self) -> RolloutSpec:
+        allowed = _STAGE_PERCENT[self.stage]
+        if self.quantized_percent not in allowed:
+            lo, hi = allowed.start, allowed.stop - 1
+            want = str(lo) if lo == hi else f"{lo}..{hi}"
+            raise _FieldError(
+                ("quantized_percent",),
+                self.quantized_percent,
+                f"{want} in stage {self.stage.value}",
+            )
+        return self
+
+
+_STAGE_PERCENT: dict[Stage, range] = {
+    Stage.BASELINE_ONLY: range(0, 1),
+    Stage.ROLLBACK: range(0, 1),
+    Stage.AB_TEST: range(1, 100),
+    Stage.GRADUAL: range(1, 100),
+    Stage.FULL: range(100, 101),
+}
+
+
+class KubernetesSpec(_Model):
+    gateway: str = Field("qinfra", description="Gateway API Gateway the stack's HTTPRoute "
+                         "attaches to.")
+    gateway_namespace: str | None = Field(None, description="The Gateway's namespace; default "
+                                          "the stack's (kubernetes:namespace).")
+    hostname: str | None = Field(None, description="Hostname the route answers; the stack's "
+                                 "`endpoint` output. Default: the Gateway's listeners decide.")
+    service_account_role_arn: str | None = Field(None, description="IAM role the engine pods' "
+                                                 "ServiceAccount assumes (EKS IRSA) to read the "
+                                                 "artifact store.")
+
+
+class StackSpec(_Model):
+    """One stack: one model as a baseline and a quantized variant."""
+
+    name: str
+    target: Target
+    model: ModelSpec
+    artifacts: ArtifactsSpec
+    variants: VariantsSpec
+    serving: ServingSpec
+    fleet: FleetSpec
+    rollout: RolloutSpec
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Settings "
+                                       "of the kubernetes target.")
+    backend: str | None = Field(None, description="Pulumi state backend of this stack: "
+                                "s3://bucket/prefix (shared state and locks for a team) or "
+                                "file:///abs/path; default .qinfra/state; PULUMI_BACKEND_URL wins.")
+    api_key: Encrypted | None = Field(None, description="API key the engines require; a "
+                                      "Pulumi secret (`pulumi config set --secret`).")
+    hf_token: Encrypted | None = Field(None, description="Hub token for gated models; a "
+                                       "Pulumi secret.")
+    provider_config: dict[str, Any] = Field(default_factory=dict, description="Other "
+                                            "namespaces' keys (aws:region, kubernetes:...).")
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _combinations(self) -> StackSpec:
+        engine = self.serving.engine
+        for name, variant in self.variants.pairs():
+            fmt = variant.format
+            if engine not in format_info(fmt).engines:
+                loads = [f.value for f in Format if engine in format_info(f).engines]
+                raise _FieldError(
+                    ("variants", name, "format"),
+                    fmt.value,
+                    f"a format {engine.value} loads: {', '.join(loads)}",
+                )
+        if self.fleet.cpu is not None and engine is not Engine.LLAMA_CPP:
+            raise _FieldError(("fleet", "cpu"), "cpu", "only with serving.engine llama.cpp")
+        if self.target is Target.LOCAL and engine is not Engine.LLAMA_CPP:
+            raise _FieldError(("serving", "engine"), engine.value, "llama.cpp for target local")
+        return self
+
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_uri(cls, v: str | None) -> str | None:
+        if v is None or v.startswith(("s3://", "file:///")):
+            return v
+        raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path")
+
+
+class _FieldError(ValueError):
+    """A validation failure that knows its key path below the field being validated."""
+
+    def __init__(self, loc: tuple[str | int, ...], value: Any, allowed: str):
+        super().__init__(f"got {value!r}; allowed: {allowed}")
+        self.loc = loc
+
+
+_SECRET_KEYS = {"api_key", "hf_token"}
+_FIELDS = [k for k in StackSpec.model_fields if k not in {"name", "path", "provider_config"}]
+
+
+def parse_config(
+    config: Mapping[str, Any], stack: str, path: Path | None = None
+) -> StackSpec:
+    """Validate a stack's config mapping (keys `qinfra:...` and other namespaces).
+
+    Raises SpecError naming every bad key path with its value and what is allowed.
+    """
+    ours: dict[str, Any] = {}
+    others: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in config.items():
+        ns, _, sub = str(key).partition(":")
+        if ns != NAMESPACE:
+            others[str(key)] = value
+        elif sub in _FIELDS:
+            ours[sub] = value
+        else:
+            problems.append(f"{key}: unknown key.{suggest(sub, _FIELDS)} Known: "
+                            + ", ".join(f"{NAMESPACE}:{k}" for k in _FIELDS))
+    for key in _SECRET_KEYS & ours.keys():
+        if not (isinstance(ours[key], Mapping) and "secure" in ours[key]):
+            problems.append(f"{NAMESPACE}:{key}: must be a secret, not plain text; run "
+                            f"`pulumi config set --secret {NAMESPACE}:{key}` --stack {stack}")
+            ours.pop(key)
+    try:
+        spec = StackSpec(name=stack, provider_config=others, path=path, **ours)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, ours))
+    if problems:
+        raise SpecError(_report(stack, path, problems))
+    return spec
+
+
+def _problems(exc: ValidationError, given: Mapping[str, Any]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, _FieldError):
+            loc += list(inner.loc)
+            msg = str(inner)
+        else:
+            msg = _message(err, _lookup(given, loc))
+        out.append(f"{_key(loc)}: {msg}")
+    return out
+
+
+def _message(err: Any, value: Any) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return f"unknown key (value {value!r})"
+    if kind == "enum":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"got {value!r}; allowed: {expected}.{suggest(str(value), _enum_names(expected))}"
+    text = err["msg"].removeprefix("Value error, ")
+    return f"got {value!r}; {text[:1].lower()}{text[1:]}"
+
+
+def _enum_names(expected: str) -> list[str]:
+    return [part.strip(" '") for part in expected.replace(" or ", ",").split(",")]
+
+
+def _lookup(given: Any, loc: list[Any]) -> Any:
+    for part in loc:
+        try:
+            given = given[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return given
+
+
+def _key(loc: list[Any]) -> str:
+    head, *rest = loc or ["?"]
+    key = f"{NAMESPACE}:{head}"
+    for part in rest:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
+
+
+def _report(stack: str, path: Path | None, problems: list[str]) -> str:
+    where = str(path) if path else f"stack '{stack}'"
+    return f"invalid stack config in {where}:\n  " + "\n  ".join(problems)
+
+
+def stacks_dir(start: Path | None = None) -> Path:
+    """The project's stacks/ folder: $QINFRA_STACKS_DIR, else found upward from the cwd."""
+    if env := os.environ.get(STACKS_DIR_ENV):
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
+            return folder / "stacks"
+    return here / "stacks"
+
+
+def stack_path(stack: str, directory: Path | None = None) -> Path:
+    return (directory or stacks_dir()) / f"Pulumi.{stack}.yaml"
+
+
+def load_stack(stack: str, directory: Path | None = None) -> StackSpec:
+    """Load and validate stacks/Pulumi.<stack>.yaml; secure values stay encrypted."""
+    from ruamel.yaml import YAML, YAMLError
+
+    path = stack_path(stack, directory)
+    if not path.is_file():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in path.parent.glob("Pulumi.*.yaml"))
+        raise SpecError(
+            f"no stack file {path}.{suggest(stack, known)} Stacks here: {', '.join(known) or 'none'}"
+        )
+    try:
+        doc = YAML(typ="safe").load(path.read_text())
+    except YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise SpecError(f"{path}: expected a top-level 'config:' mapping")
+    return parse_config(doc["config"], stack, path)
+
+
+def parse_flat_config(flat: Mapping[str, Any], stack: str) -> StackSpec:
+    """Validate config as Pulumi stores it per update: objects as JSON text, scalars as text."""
+    return parse_config({k: _config_value(v) if isinstance(v, str) else v
+                         for k, v in flat.items()}, stack)
+
+
+def from_pulumi_config(stack: str) -> StackSpec:
+    """Inside the Pulumi program: the same validation over pulumi.Config's view of the stack."""
+    import pulumi
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
+
+    cfg = pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    for key in _FIELDS:
+        text = cfg.get(key)
+        if text is None:
+            continue
+        # A secret is read with cfg.get_secret where it is used, never into the spec in plain
+        # text; the spec only learns that it is set, which decides what gets rendered.
+        raw[f"{NAMESPACE}:{key}"] = PULUMI_HELD if key in _SECRET_KEYS else _config_value(text)
+    # Other namespaces (aws:region, kubernetes:namespace) feed the rendered files, as in the file.
+    for key in sorted({*get_config_env(), *CONFIG.get()}):
+        if not key.startswith(f"{NAMESPACE}:") and not is_config_secret(key):
+            raw[key] = _config_value(str(get_config(key)))
+    return parse_config(raw, stack)
+
+
+# Stands in for a secret the Pulumi program reads itself (pulumi.Config.get_secret).
+PULUMI_HELD = {"secure": "<held by pulumi>"}
+
+
+def _config_value(text: str) -> Any:
+    """Pulumi hands objects over as JSON text and scalars as plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+__all__ = [
+    "ArtifactsSpec",
+    "Encrypted",
+    "FleetSpec",
+    "KubernetesSpec",
+    "KvCacheDtype",
+    "ModelSpec",
+    "RolloutSpec",
+    "ServingSpec",
+    "StackSpec",
+    "Stage",
+    "Target",
+    "VariantSpec",
+    "VariantsSpec",
+    "load_stack",
+    "parse_config",
+]

@@ -1,0 +1,163 @@
+"""The kubernetes target: the rendered manifests as typed resources, traffic split by an HTTPRoute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from ruamel.yaml import YAML
+
+from qinfra.serving.render_context import generation_s, k8s_name
+from qinfra.core.spec import StackSpec
+from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output, weights
+
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"  # EKS User Guide, IAM roles for service accounts
+MANAGED = {"app.kubernetes.io/managed-by": "qinfra"}
+
+# Rendered kind -> the typed resource and the field that holds its body, in creation order: the
+# Deployment mounts the ConfigMap; the Service and the disruption budget select its pods.
+KINDS: dict[str, tuple[type[pulumi.CustomResource], str]] = {
+    "ConfigMap": (k8s.core.v1.ConfigMap, "data"),
+    "Deployment": (k8s.apps.v1.Deployment, "spec"),
+    "Service": (k8s.core.v1.Service, "spec"),
+    "PodDisruptionBudget": (k8s.policy.v1.PodDisruptionBudget, "spec"),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One variant's objects as rendered, by kind."""
+
+    name: str
+    manifests: Mapping[str, dict[str, Any]]
+
+    @property
+    def namespace(self) -> str:
+        return str(self.manifests["Deployment"]["metadata"]["namespace"])
+
+    @property
+    def service(self) -> tuple[str, int]:
+        svc = self.manifests["Service"]
+        return svc["metadata"]["name"], int(svc["spec"]["ports"][0]["port"])
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return self.manifests["Deployment"]["spec"]["template"]["spec"]
+
+
+def workload(deploy: DeployInput, variant: str) -> Workload:
+    """Every rendered file of the variant, parsed; the kind table says what each becomes."""
+    manifests: dict[str, dict[str, Any]] = {}
+    for path, text in deploy.rendered.items():
+        if path.parts[0] == variant and path.suffix == ".yaml":
+            for doc in YAML(typ="safe").load_all(text):
+                if doc:
+                    assert doc["kind"] in KINDS and doc["kind"] not in manifests, (path, doc["kind"])
+                    manifests[doc["kind"]] = doc
+    missing = set(KINDS) - set(manifests)
+    assert not missing, f"render gave no {sorted(missing)} for {variant}"
+    return Workload(variant, manifests)
+
+
+def scaled(doc: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The Deployment with the plan's replicas, stated here so a rollback's diff is this field."""
+    return {**doc, "spec": {**doc["spec"], "replicas": replicas}}
+
+
+def secret_refs(pod: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(Secret, key) pairs the pod's containers read."""
+    return {(env["valueFrom"]["secretKeyRef"]["name"], env["valueFrom"]["secretKeyRef"]["key"])
+            for c in pod.get("containers", ()) for env in c.get("env", ())
+            if "secretKeyRef" in env.get("valueFrom", {})}
+
+
+def identity(namespace: str, service_account: str, role_arn: str | None,
+             secrets: set[tuple[str, str]], parent: Sequence[pulumi.Resource]) -> list[pulumi.Resource]:
+    """The ServiceAccount the pods run as (IRSA for the artifact store), and the Secret the pods
+    read their API key from, built from the Pulumi secret, never from plain text."""
+    opts = pulumi.ResourceOptions(depends_on=list(parent))
+    out: list[pulumi.Resource] = [k8s.core.v1.ServiceAccount(
+        service_account, opts=opts,
+        metadata={"name": service_account, "namespace": namespace, "labels": MANAGED,
+                  "annotations": {IRSA_ANNOTATION: role_arn} if role_arn else {}})]
+    if not secrets:
+        return out
+    value = pulumi.Config("qinfra").get_secret("api_key")
+    assert value is not None, "the render reads an API key the stack does not set"
+    for name, key in sorted(secrets):
+        out.append(k8s.core.v1.Secret(name, type="Opaque", string_data={key: value}, opts=opts,
+                                      metadata={"name": name, "namespace": namespace,
+                                                "labels": MANAGED}))
+    return out
+
+
+def route(spec: StackSpec, namespace: str, backends: Sequence[tuple[str, int, int]],
+          services: Sequence[pulumi.Resource]) -> k8s.apiextensions.CustomResource:
+    """Gateway API HTTPRoute: one rule, each variant's Service weighted by its share of traffic,
+    and a request timeout long enough for one generation."""
+    settings = spec.kubernetes
+    parent: dict[str, Any] = {"name": settings.gateway}
+    if settings.gateway_namespace:
+        parent["namespace"] = settings.gateway_namespace
+    name = f"qinfra-{k8s_name(spec.name)}"
+    return k8s.apiextensions.CustomResource(
+        name, api_version=GATEWAY_API, kind="HTTPRoute",
+        metadata={"name": name, "namespace": namespace, "labels": MANAGED},
+        spec={
+            "parentRefs": [parent],
+            **({"hostnames": [settings.hostname]} if settings.hostname else {}),
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"name": svc, "port": port, "weight": weight}
+                                for svc, port, weight in backends],
+                "timeouts": {"request": f"{generation_s(spec)}s"},
+            }],
+        },
+        opts=pulumi.ResourceOptions(depends_on=list(services)),
+    )
+
+
+def deploy(deploy: DeployInput) -> Deployed:
+    spec = deploy.spec
+    traffic = weights(spec)
+    loads = [workload(deploy, v.name) for v in deploy.plan.variants]
+    namespace = loads[0].namespace
+    first: list[pulumi.Resource] = []
+    if namespace != "default":  # the stack owns any other namespace it names
+        first.append(k8s.core.v1.Namespace(namespace, metadata={"name": namespace, "labels": MANAGED}))
+    accounts = {w.pod["serviceAccountName"] for w in loads}
+    assert len(accounts) == 1, accounts
+    secrets = set().union(*(secret_refs(w.pod) for w in loads))
+    ready = identity(namespace, accounts.pop(), spec.kubernetes.service_account_role_arn, secrets,
+                     first)
+    services: list[pulumi.Resource] = []
+    backends: list[tuple[str, int, int]] = []
+    variants: dict[str, Any] = {}
+    for load, plan in zip(loads, deploy.plan.variants, strict=True):
+        chosen = plan.chosen
+        assert chosen is not None  # the program refuses plans that do not fit
+        docs = {**load.manifests, "Deployment": scaled(load.manifests["Deployment"], chosen.engines)}
+        # A replica may take this long to become ready; beyond the provider's 10-minute default.
+        wait = f"{boot_s(spec, chosen) + 300}s"
+        made: dict[str, pulumi.Resource] = {}
+        for kind, (resource, body) in KINDS.items():
+            doc = docs[kind]
+            opts = pulumi.ResourceOptions(
+                depends_on=[*ready, *made.values()],
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)
+                if kind == "Deployment" else None)
+            made[kind] = resource(doc["metadata"]["name"], metadata=doc["metadata"],  # type: ignore[call-arg]
+                                  **{body: doc[body]}, opts=opts)
+        services.append(made["Service"])
+        svc, port = load.service
+        backends.append((svc, port, traffic[plan.name]))
+        variants[plan.name] = variant_output(
+            deploy, plan, weight_percent=traffic[plan.name],
+            endpoint=f"http://{svc}.{namespace}.svc.cluster.local:{port}")
+    route(spec, namespace, backends, services)
+    hostname = spec.kubernetes.hostname
+    return Deployed(variants=variants, endpoint=f"http://{hostname}" if hostname else None)

@@ -1,0 +1,256 @@
+"""Launch files from the plan: jinja2 templates under templates/, filled from typed contexts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from qinfra.serving.render_context import (
+    LLAMA_CPP_BUILD,
+    PROBE_PERIOD_S,
+    VARIANTS,
+    VLLM_IMAGE,
+    ArtifactContext,
+    ArtifactUnitContext,
+    EmbeddedFile,
+    LaunchInputs,
+    MachineContext,
+    RenderError,
+    Variant,
+    api_key_context,
+    artifact_context,
+    bin_path,
+    check_variant,
+    engine_instances,
+    fetch_timeout_s,
+    kube_context,
+    launch_context,
+    launch_template,
+    local_model_path,
+    template_values,
+    unit_context,
+)
+from qinfra.planning.sizing import StackPlan
+from qinfra.core.spec import StackSpec, Target
+
+# EC2 refuses user data over 16 KB (EC2 User Guide, "Run commands when you launch an instance").
+USER_DATA_MAX_BYTES = 16 * 1024
+KUBERNETES_KINDS = ("configmap", "deployment", "service", "poddisruptionbudget")
+
+_Rendered = dict[Path, str]
+
+
+def templates_dir() -> Path:
+    """templates/ beside the qinfra package (a checkout or editable install), else package data."""
+    beside = Path(__file__).resolve().parents[2] / "templates"
+    if beside.is_dir():
+        return beside
+    packaged = Path(str(resources.files("qinfra"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    raise RenderError(f"no templates folder at {beside} or {packaged}. To fix: reinstall qinfra")
+
+
+def environment(directory: Path | None = None) -> jinja2.Environment:
+    """StrictUndefined, so a missing value fails the render instead of leaving a blank flag."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory or templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["sh"] = lambda value: shlex.quote(str(value))  # one shell word
+    env.filters["yaml_str"] = lambda value: json.dumps(str(value))  # JSON strings are YAML
+    return env
+
+
+def render_template(env: jinja2.Environment, name: str, context: object, variant: str) -> str:
+    """Render one template from a context dataclass; template faults become RenderError."""
+    try:
+        return env.get_template(name).render(template_values(context))
+    except jinja2.UndefinedError as exc:
+        raise RenderError(
+            f"variant '{variant}': template {name} uses a value its context does not define: "
+            f"{exc.message}. To fix: add the field to the context in qinfra/render_context.py or "
+            "correct the template"
+        ) from None
+    except jinja2.TemplateNotFound as exc:
+        loader = env.loader
+        where = loader.searchpath if isinstance(loader, jinja2.FileSystemLoader) else "?"
+        raise RenderError(f"variant '{variant}': template {exc.name} not found under {where}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"variant '{variant}': template {exc.name}:{exc.lineno}: {exc.message}") from None
+
+
+def _script(env: jinja2.Environment, template: str, ctx: object, variant: str,
+            name: str) -> EmbeddedFile:
+    return EmbeddedFile(name, bin_path(name), "0755", render_template(env, template, ctx, variant))
+
+
+def _etc(env: jinja2.Environment, template: str, ctx: object, variant: str, path: str) -> EmbeddedFile:
+    return EmbeddedFile(Path(path).name, path, "0644", render_template(env, template, ctx, variant))
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+def _render_local(env: jinja2.Environment, v: Variant) -> _Rendered:
+    """Launch and warm-up scripts for this machine, each variant on its own loopback port."""
+    launch = launch_context(v, model_path=local_model_path(v), host=v.inputs.host or "127.0.0.1",
+                            port=v.inputs.port or v.spec.serving.port + v.index)
+    template, script = launch_template(v.engine)
+    return {
+        Path(v.name, script): render_template(env, template, launch, v.name),
+        Path(v.name, "warmup.sh"): render_template(env, "warmup/warmup.sh.j2", launch, v.name),
+    }
+
+
+def _render_aws(env: jinja2.Environment, v: Variant) -> _Rendered:
+    """cloud-init user-data: fetch and verify the artifact, then the machine's engines as
+    instances of one systemd template unit, each with its port and GPUs in a small env file."""
+    artifact = artifact_context(v, need_s3=True)
+    launch = launch_context(v, model_path=v.inputs.model_path or artifact.directory,
+                            host=v.inputs.host or "0.0.0.0", port=v.inputs.port or v.spec.serving.port)
+    template, script = launch_template(v.engine)
+    instances = engine_instances(v, launch.port)
+    files = [
+        _script(env, "artifact/fetch-s3.sh.j2", artifact, v.name, "fetch-artifact.sh"),
+        _script(env, "artifact/verify.sh.j2", artifact, v.name, "verify-artifact.sh"),
+        _script(env, template, launch, v.name, script),
+        _script(env, "warmup/warmup.sh.j2", launch, v.name, "warmup.sh"),
+        _etc(env, "systemd/qinfra-artifact.service.j2",
+             ArtifactUnitContext(artifact, bin_path("fetch-artifact.sh"),
+                                 fetch_timeout_s(artifact.estimate_bytes)),
+             v.name, "/etc/systemd/system/qinfra-artifact.service"),
+        _etc(env, "systemd/qinfra-engine.service.j2",
+             unit_context(v, launch, script, gpu=instances[0].gpus is not None),
+             v.name, "/etc/systemd/system/qinfra-engine@.service"),
+    ]
+    files += [_etc(env, "systemd/engine.env.j2", i, v.name, f"/etc/qinfra/engine-{i.index}.env")
+              for i in instances]
+    key = api_key_context(v, launch, artifact.region)
+    if key is not None:
+        files.append(_script(env, "artifact/fetch-api-key.sh.j2", key, v.name, "fetch-api-key.sh"))
+    machine = MachineContext(
+        stack=v.spec.name,
+        variant=v.name,
+        artifact=artifact,
+        files=tuple(files),
+        units=tuple(f"qinfra-engine@{i.index}.service" for i in instances),
+        api_key_script=bin_path("fetch-api-key.sh") if key is not None else None,
+    )
+    text = render_template(env, "cloud-init/user-data.yaml.j2", machine, v.name)
+    if len(text.encode()) > USER_DATA_MAX_BYTES:
+        raise v.fail(f"cloud-init user-data is {len(text.encode())} bytes, over EC2's limit of "
+                     f"{USER_DATA_MAX_BYTES}")
+    return {Path(v.name, "user-data.yaml"): text}
+
+
+def _render_kubernetes(env: jinja2.Environment, v: Variant) -> _Rendered:
+    """ConfigMap (the same scripts the machines get), Deployment, Service, PodDisruptionBudget."""
+    artifact = artifact_context(v, need_s3=True)
+    launch = launch_context(v, model_path=v.inputs.model_path or artifact.directory,
+                            host=v.inputs.host or "0.0.0.0", port=v.inputs.port or v.spec.serving.port)
+    template, script = launch_template(v.engine)
+    scripts = (
+        _script(env, template, launch, v.name, script),
+        _script(env, "artifact/verify.sh.j2", artifact, v.name, "verify-artifact.sh"),
+        _script(env, "warmup/warmup.sh.j2", launch, v.name, "warmup.sh"),
+    )
+    ctx = kube_context(v, launch, artifact, scripts, script)
+    return {
+        Path(v.name, f"{kind}.yaml"): render_template(env, f"kubernetes/{kind}.yaml.j2", ctx, v.name)
+        for kind in KUBERNETES_KINDS
+    }
+
+
+_TARGETS: dict[Target, Callable[[jinja2.Environment, Variant], _Rendered]] = {
+    Target.LOCAL: _render_local,
+    Target.AWS: _render_aws,
+    Target.KUBERNETES: _render_kubernetes,
+}
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def render_stack(
+    spec: StackSpec,
+    plan: StackPlan,
+    inputs: Mapping[str, LaunchInputs] | None = None,
+    *,
+    templates: Path | None = None,
+) -> dict[Path, str]:
+    """Every file the stack's target needs, as {<variant>/<file>: text}, sorted by path.
+
+    Pure and deterministic: the same spec and plan give byte-identical text. Raises RenderError
+    (naming the variant and the field) for an unpinned artifact, a plan that does not fit or does
+    not match the spec, a format the engine cannot load, or a template value that is undefined.
+    """
+    inputs = inputs or {}
+    unknown = sorted(set(inputs) - set(VARIANTS))
+    if unknown:
+        raise RenderError(f"launch inputs for unknown variant(s) {', '.join(unknown)}; "
+                          f"variants are {', '.join(VARIANTS)}")
+    env = environment(templates)
+    checked = [check_variant(spec, plan, name, i, inputs.get(name, LaunchInputs()))
+               for i, name in enumerate(VARIANTS)]
+    out: dict[Path, str] = {}
+    for v in checked:
+        out.update(_TARGETS[spec.target](env, v))
+    return dict(sorted(out.items()))
+
+
+def write_rendered(files: Mapping[Path, str], out: Path) -> list[Path]:
+    """Write rendered files under `out`, each through a temporary file and a rename, scripts
+    executable. Render first (render_stack), so that a failed render writes nothing."""
+    for rel in files:
+        if rel.is_absolute() or ".." in rel.parts:
+            raise RenderError(f"refusing to write {rel} outside {out}")
+    written: list[Path] = []
+    for rel, text in sorted(files.items()):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o755 if path.suffix == ".sh" else 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        written.append(path)
+    return written
+
+
+def render_files(spec: StackSpec, plan: StackPlan, out: Path,
+                 inputs: Mapping[str, LaunchInputs] | None = None) -> list[Path]:
+    """render_stack, then write_rendered: all in memory first, so bad input writes nothing."""
+    return write_rendered(render_stack(spec, plan, inputs), out)
+
+
+__all__ = [
+    "LLAMA_CPP_BUILD",
+    "PROBE_PERIOD_S",
+    "USER_DATA_MAX_BYTES",
+    "VLLM_IMAGE",
+    "ArtifactContext",
+    "LaunchInputs",
+    "RenderError",
+    "environment",
+    "render_files",
+    "render_stack",
+    "render_template",
+    "templates_dir",
+    "write_rendered",
+]
