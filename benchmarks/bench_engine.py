@@ -46,7 +46,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="qinfra-bench-"))
     (root / "Pulumi.yaml").write_text(
         "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'program.py'}\n"
+        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n")
     (root / "stacks").mkdir()
     port = free_port_pair()

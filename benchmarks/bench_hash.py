@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sample_files import write_random  # noqa: E402
-from qinfra.artifacts.push import NO_PROGRESS, Hasher, SourceFile  # noqa: E402
+from qinfra.artifacts.hashing import Hasher, SourceFile  # noqa: E402
+from qinfra.artifacts.progress import NO_PROGRESS  # noqa: E402
 from qinfra.artifacts.stores import MIB  # noqa: E402
 
 

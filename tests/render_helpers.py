@@ -9,8 +9,8 @@ from ruamel.yaml import YAML
 
 from qinfra.core import modelinfo
 from qinfra.core.hardware import catalog
-from qinfra.planning.sizing import StackPlan, plan_stack
 from qinfra.core.spec import Encrypted, StackSpec, load_stack, parse_config
+from qinfra.planning.sizing import StackPlan, plan_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ROOT / "stacks"

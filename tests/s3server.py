@@ -17,6 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from qinfra.artifacts.stores import MIB, TransferSettings
+
+# S3's smallest part is 5 MiB (s3transfer raises smaller chunk sizes to it): with it a 6 MiB file
+# is a two-part upload and a 12 MiB one a three-part upload. One transfer thread keeps the order
+# in which files are sent, and so where a test cuts an upload, the same on every run.
+SMALL_PARTS = TransferSettings(
+    multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB, max_concurrency=1
+)
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
 
@@ -77,10 +85,18 @@ def moto_server(log_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real moto S3 server for the whole session."""
-    pytest.importorskip(
-        "moto.server", reason="the S3 server needs moto[server]: pip install 'moto[server]'"
-    )
+    """One real moto S3 server for the whole session; a missing moto fails the test, naming it."""
+    missing = None
+    try:
+        import moto.server  # noqa: F401  (only to learn that it is there; it runs as a process)
+    except ImportError as exc:
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(
+            f"the S3 part, moto server, is not installed ({missing}). To fix: run "
+            "scripts/setup.sh, or pip install 'moto[server]'",
+            pytrace=False,
+        )
     try:
         server = moto_server(tmp_path_factory.mktemp("moto") / "moto_server.log")
         endpoint = server.__enter__()

@@ -14,21 +14,24 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
-from qinfra.artifacts import push as art
+from qinfra.artifacts.fetch import CACHE_DIR_ENV, HUB_SERVING_FILES, Fetched, fetch, hub_patterns
+from qinfra.artifacts.hashing import Hasher, SourceFile
+from qinfra.artifacts.listing import ArtifactState, list_artifacts
+from qinfra.artifacts.manifest import FileEntry, Manifest
+from qinfra.artifacts.progress import NO_PROGRESS
+from qinfra.artifacts.push import push, push_stack
+from qinfra.artifacts.s3store import S3Store
+from qinfra.artifacts.stores import MIB, Store, open_store
+from qinfra.artifacts.verify import verify
 from qinfra.cli.artifacts import artifacts as artifacts_cli
+from qinfra.core.artifact_uri import artifact_uri
 from qinfra.core.errors import ArtifactError
 from qinfra.core.formats import Format
-from qinfra.serving.llamacpp import QuantizeRecipe, find_binary
 from qinfra.core.spec import load_stack
 from qinfra.deploy.stackfile import update_stack_file
-from qinfra.artifacts.stores import MIB, S3Store, Store, TransferSettings, open_store
+from qinfra.serving.llamacpp import QuantizeRecipe, find_binary
+from tests.s3server import SMALL_PARTS
 
-pytest_plugins = ["tests.s3server"]
-
-# 5 MiB is S3's smallest part; with it a 6 MiB file is a two-part upload.
-SMALL_PARTS = TransferSettings(
-    multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB, max_concurrency=1
-)
 # A checkpoint-shaped folder: config, tokenizer, two weight shards (one multipart), and a
 # hidden folder that huggingface-hub leaves in a local_dir and that must not be pushed.
 MODEL_FILES = {
@@ -54,15 +57,6 @@ def _write_model(root: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     return _write_model(tmp_path / "model")
-
-
-@pytest.fixture(params=["s3", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """Every push test runs against both stores: the code above the interface is the same."""
-    if request.param == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        return open_store(f"s3://{bucket}/llama", SMALL_PARTS)
-    return open_store(f"file://{tmp_path}/store")
 
 
 class Recorder:
@@ -104,19 +98,19 @@ def _tamper(store: Store, key: str, data: bytes) -> None:
 
 
 def test_manifest_bytes_are_canonical_and_name_the_artifact() -> None:
-    a = art.FileEntry("b.bin", 2, "b" * 64)
-    b = art.FileEntry("a.json", 1, "a" * 64)
-    manifest = art.Manifest((a, b))
-    assert manifest.to_bytes() == art.Manifest((b, a)).to_bytes()
+    a = FileEntry("b.bin", 2, "b" * 64)
+    b = FileEntry("a.json", 1, "a" * 64)
+    manifest = Manifest((a, b))
+    assert manifest.to_bytes() == Manifest((b, a)).to_bytes()
     assert manifest.to_bytes() == (
         b'{"files":[{"path":"a.json","sha256":"' + b"a" * 64 + b'","size":1},'
         b'{"path":"b.bin","sha256":"' + b"b" * 64 + b'","size":2}],"version":1}'
     )
     assert manifest.artifact_id == "sha256-" + hashlib.sha256(manifest.to_bytes()).hexdigest()
     recipe = QuantizeRecipe(tool="llama-quantize", version="b1-abc", type="Q4_K_M")
-    with_recipe = art.Manifest((a, b), recipe)
+    with_recipe = Manifest((a, b), recipe)
     assert with_recipe.artifact_id != manifest.artifact_id  # how it was made is part of it
-    assert art.Manifest.from_bytes(with_recipe.to_bytes(), "m") == art.Manifest((a, b), recipe)
+    assert Manifest.from_bytes(with_recipe.to_bytes(), "m") == Manifest((a, b), recipe)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +125,7 @@ def test_manifest_bytes_are_canonical_and_name_the_artifact() -> None:
 )
 def test_manifest_refuses_unsafe_paths(path: str) -> None:
     with pytest.raises(ArtifactError, match="cannot be stored in an artifact"):
-        art.Manifest((art.FileEntry(path, 1, "0" * 64),))
+        Manifest((FileEntry(path, 1, "0" * 64),))
 
 
 @pytest.mark.parametrize(
@@ -144,14 +138,14 @@ def test_manifest_refuses_unsafe_paths(path: str) -> None:
 )
 def test_manifest_from_bytes_rejects_foreign_documents(data: bytes, problem: str) -> None:
     with pytest.raises(ArtifactError, match=problem):
-        art.Manifest.from_bytes(data, "s3://b/sha256-x/manifest.json")
+        Manifest.from_bytes(data, "s3://b/sha256-x/manifest.json")
 
 
 # --- sources ----------------------------------------------------------------------------------
 
 
 def test_fetch_local_dir_skips_hidden_files(model_dir: Path) -> None:
-    fetched = art.fetch(str(model_dir))
+    fetched = fetch(str(model_dir))
     assert [f.path for f in fetched.files] == sorted(
         name for name in MODEL_FILES if not name.startswith(".")
     )
@@ -159,12 +153,12 @@ def test_fetch_local_dir_skips_hidden_files(model_dir: Path) -> None:
 
 def test_fetch_single_file(model_dir: Path) -> None:
     path = model_dir / "config.json"
-    assert art.fetch(str(path)).files == (art.SourceFile("config.json", path),)
+    assert fetch(str(path)).files == (SourceFile("config.json", path),)
 
 
 def test_fetch_refuses_what_is_neither_path_nor_hub_id(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="neither an existing file or directory nor a hub id"):
-        art.fetch(str(tmp_path / "missing"))
+        fetch(str(tmp_path / "missing"))
 
 
 def _hub_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
@@ -180,7 +174,7 @@ def test_fetch_hub_offline_and_uncached_says_so(
 ) -> None:
     _hub_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(ArtifactError, match="not cached and the hub cannot be reached"):
-        art.fetch("acme/tiny-model", revision="main")
+        fetch("acme/tiny-model", revision="main")
 
 
 def test_fetch_hub_takes_only_serving_files_from_the_cache(
@@ -203,28 +197,28 @@ def test_fetch_hub_takes_only_serving_files_from_the_cache(
         (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
         (snapshot / name).write_text(name)
     _hub_cache(monkeypatch, tmp_path / "hub")
-    safetensors = art.fetch("acme/tiny", fmt=Format.BF16, revision="main")
+    safetensors = fetch("acme/tiny", fmt=Format.BF16, revision="main")
     assert [f.path for f in safetensors.files] == [
         "config.json",
         "model.safetensors",
         "tokenizer.json",
     ]
-    gguf = art.fetch("acme/tiny", fmt=Format.GGUF_Q4_K_M, revision="main")
+    gguf = fetch("acme/tiny", fmt=Format.GGUF_Q4_K_M, revision="main")
     assert [f.path for f in gguf.files] == ["model-Q4_K_M.gguf"]
     with pytest.raises(ArtifactError, match="has no files matching"):
-        art.fetch("acme/tiny", fmt=Format.GGUF_Q8_0, revision="main")
+        fetch("acme/tiny", fmt=Format.GGUF_Q8_0, revision="main")
 
 
 @pytest.mark.parametrize(
     ("fmt", "patterns"),
     [
         (Format.GGUF_Q4_K_M, ("*Q4_K_M*.gguf", "*q4_k_m*.gguf")),  # one GGUF of many in a repo
-        (Format.AWQ, art.HUB_SERVING_FILES),  # config, tokenizer, safetensors
-        (None, art.HUB_SERVING_FILES),
+        (Format.AWQ, HUB_SERVING_FILES),  # config, tokenizer, safetensors
+        (None, HUB_SERVING_FILES),
     ],
 )
 def test_hub_patterns(fmt: Format | None, patterns: tuple[str, ...]) -> None:
-    assert art.hub_patterns(fmt) == patterns
+    assert hub_patterns(fmt) == patterns
 
 
 def test_file_changed_while_hashing_is_detected(model_dir: Path) -> None:
@@ -234,8 +228,8 @@ def test_file_changed_while_hashing_is_detected(model_dir: Path) -> None:
         with open(shard, "ab") as f:
             f.write(b"appended by another process")
 
-    hasher = art.Hasher(workers=1, buffer_bytes=1 * MIB)
-    fetched = art.Fetched("m", (art.SourceFile(shard.name, shard),))
+    hasher = Hasher(workers=1, buffer_bytes=1 * MIB)
+    fetched = Fetched("m", (SourceFile(shard.name, shard),))
     with pytest.raises(ArtifactError, match="changed while it was being hashed"):
         hasher.hash_files(fetched.files, Recorder({"hashing": grow}))
 
@@ -244,7 +238,7 @@ def test_file_changed_while_hashing_is_detected(model_dir: Path) -> None:
 
 
 def test_push_lays_out_content_addressed_artifact(store: Store, model_dir: Path) -> None:
-    result = art.push(art.fetch(str(model_dir)), store)
+    result = push(fetch(str(model_dir)), store)
     manifest_bytes = store.read(f"{result.artifact_id}/manifest.json")
     assert manifest_bytes is not None
     digest = hashlib.sha256(manifest_bytes).hexdigest()
@@ -255,20 +249,20 @@ def test_push_lays_out_content_addressed_artifact(store: Store, model_dir: Path)
         data = (model_dir / path).read_bytes()
         assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert result.uploaded_bytes == sum(e.size for e in entries.values())
-    assert art.verify(result.uri, settings=SMALL_PARTS).ok
+    assert verify(result.uri, settings=SMALL_PARTS).ok
 
 
 def test_repush_is_idempotent_and_hashes_nothing_twice(store: Store, model_dir: Path) -> None:
-    hasher = art.Hasher()
-    first = art.push(art.fetch(str(model_dir)), store, hasher=hasher)
-    again = art.push(art.fetch(str(model_dir)), store, hasher=hasher)
+    hasher = Hasher()
+    first = push(fetch(str(model_dir)), store, hasher=hasher)
+    again = push(fetch(str(model_dir)), store, hasher=hasher)
     assert (again.uri, again.uploaded_bytes) == (first.uri, 0)
     assert again.skipped_files == len(first.manifest.files)
     assert hasher.hashed_bytes == first.manifest.size_bytes  # second push hashed nothing
 
 
 def test_interrupted_push_leaves_no_manifest_and_resumes(store: Store, model_dir: Path) -> None:
-    fetched = art.fetch(str(model_dir))
+    fetched = fetch(str(model_dir))
     total = sum(f.source.stat().st_size for f in fetched.files)
     first_file = fetched.files[0].source.stat().st_size  # config.json, sent first
 
@@ -277,12 +271,12 @@ def test_interrupted_push_leaves_no_manifest_and_resumes(store: Store, model_dir
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        art.push(fetched, store, progress=Recorder({"uploading": cut}))
-    aid = art.Manifest(
-        tuple(h.entry for h in art.Hasher().hash_files(fetched.files, art.NO_PROGRESS))
+        push(fetched, store, progress=Recorder({"uploading": cut}))
+    aid = Manifest(
+        tuple(h.entry for h in Hasher().hash_files(fetched.files, NO_PROGRESS))
     ).artifact_id
     assert store.read(f"{aid}/manifest.json") is None  # incomplete by definition
-    assert not art.verify(art.artifact_uri(store.uri, aid), settings=SMALL_PARTS).ok
+    assert not verify(artifact_uri(store.uri, aid), settings=SMALL_PARTS).ok
     complete = sum(
         f.source.stat().st_size for f in fetched.files if store.stat(f"{aid}/{f.path}") is not None
     )
@@ -291,14 +285,14 @@ def test_interrupted_push_leaves_no_manifest_and_resumes(store: Store, model_dir
     if isinstance(store, S3Store):  # the cut multipart upload was aborted, not left to bill
         uploads = boto3.client("s3").list_multipart_uploads(Bucket=store.bucket)
         assert uploads.get("Uploads", []) == []
-    resumed = art.push(fetched, store)
+    resumed = push(fetched, store)
     assert resumed.uploaded_bytes == total - complete  # only the rest
-    assert art.verify(resumed.uri, settings=SMALL_PARTS).ok
+    assert verify(resumed.uri, settings=SMALL_PARTS).ok
 
 
 def test_push_to_missing_bucket_is_reported(s3_endpoint: str, model_dir: Path) -> None:
     with pytest.raises(ArtifactError) as err:
-        art.push(art.fetch(str(model_dir)), open_store("s3://qinfra-missing/models"))
+        push(fetch(str(model_dir)), open_store("s3://qinfra-missing/models"))
     assert err.value.message == (
         f"bucket 'qinfra-missing' does not exist at endpoint {s3_endpoint}; create it or fix "
         "qinfra:artifacts.store"
@@ -309,19 +303,19 @@ def test_push_to_missing_bucket_is_reported(s3_endpoint: str, model_dir: Path) -
 
 
 def test_verify_names_each_tampered_or_missing_file(store: Store, model_dir: Path) -> None:
-    result = art.push(art.fetch(str(model_dir)), store)
+    result = push(fetch(str(model_dir)), store)
     _tamper(store, f"{result.artifact_id}/tokenizer.json", b"{}")
     _tamper(store, f"{result.artifact_id}/config.json", b'{"model_type": "LLAMA"}')
-    report = art.verify(result.uri, settings=SMALL_PARTS)
+    report = verify(result.uri, settings=SMALL_PARTS)
     assert {c.path for c in report.bad} == {"tokenizer.json", "config.json"}
     assert "size 2 bytes" in next(c.problem for c in report.bad if c.path == "tokenizer.json")
     assert "sha256" in next(c.problem for c in report.bad if c.path == "config.json")
 
 
 def test_verify_refuses_an_altered_manifest(store: Store, model_dir: Path) -> None:
-    result = art.push(art.fetch(str(model_dir)), store)
+    result = push(fetch(str(model_dir)), store)
     _tamper(store, f"{result.artifact_id}/manifest.json", b'{"version":1,"files":[]}')
-    [check] = art.verify(result.uri).checks
+    [check] = verify(result.uri).checks
     assert check.path == "manifest.json" and "altered" in (check.problem or "")
 
 
@@ -330,7 +324,7 @@ def test_verify_refuses_an_altered_manifest(store: Store, model_dir: Path) -> No
 )
 def test_verify_refuses_non_artifact_uris(uri: str) -> None:
     with pytest.raises(ArtifactError, match="is not an artifact URI"):
-        art.verify(uri)
+        verify(uri)
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -406,7 +400,7 @@ def test_cli_push_stack_pins_uris_keeping_comments(stacks: Path, tmp_path: Path)
         uri = getattr(spec.variants, name).artifact
         assert uri is not None and uri.startswith(f"file://{tmp_path}/store/sha256-")
         assert f"+      artifact: {uri}" in result.stdout  # the diff is printed
-        assert art.verify(uri).ok
+        assert verify(uri).ok
     after = path.read_text()
     assert after.splitlines()[0] == before.splitlines()[0]  # the header comment is kept
     assert sorted(set(after.splitlines()) - set(before.splitlines())) == sorted(
@@ -433,10 +427,10 @@ def test_ls_marks_incomplete_and_missing(stacks: Path, tmp_path: Path) -> None:
     half = tmp_path / "store" / f"sha256-{'1' * 64}"
     half.mkdir(parents=True)
     (half / "config.json").write_text("{}")
-    listing = {item.uri: item for item in art.list_artifacts(load_stack("t"))}
-    assert listing[missing].state is art.ArtifactState.MISSING
+    listing = {item.uri: item for item in list_artifacts(load_stack("t"))}
+    assert listing[missing].state is ArtifactState.MISSING
     assert listing[missing].pinned_by == ("baseline",)
-    assert listing[f"file://{half}/"].state is art.ArtifactState.INCOMPLETE
+    assert listing[f"file://{half}/"].state is ArtifactState.INCOMPLETE
 
 
 # --- quantize from the baseline (real llama-quantize) --------------------------------------------
@@ -446,26 +440,26 @@ def _llama_quantize() -> None:
     try:
         find_binary("llama-quantize")
     except ArtifactError as exc:
-        pytest.skip(f"needs the real llama-quantize: {exc}")
+        pytest.fail(f"the llama.cpp part, llama-quantize, is missing: {exc}", pytrace=False)
 
 
 def test_gguf_variant_without_source_is_quantized_from_baseline(
     stacks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _llama_quantize()
-    monkeypatch.setenv(art.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     update_stack_file(
         stacks / "Pulumi.local.yaml", {"qinfra:artifacts.store": f"file://{tmp_path}/store"}
     )
     spec = load_stack("local")
-    hasher = art.Hasher()
-    first = art.push_stack(spec, hasher=hasher)
+    hasher = Hasher()
+    first = push_stack(spec, hasher=hasher)
     recipe = first["quantized"].manifest.recipe
     assert recipe is not None and (recipe.tool, recipe.type) == ("llama-quantize", "Q4_K_M")
     assert [e.path for e in first["quantized"].manifest.files] == ["qinfra-demo-Q4_K_M.gguf"]
     sizes = [r.manifest.size_bytes for r in first.values()]
     assert hasher.hashed_bytes == sum(sizes)  # the baseline GGUF was hashed once, not twice
-    again = art.push_stack(spec)  # a fresh hasher: nothing re-quantized, nothing re-sent
+    again = push_stack(spec)  # a fresh hasher: nothing re-quantized, nothing re-sent
     assert {n: (r.uri, r.uploaded_bytes) for n, r in again.items()} == {
         n: (r.uri, 0) for n, r in first.items()
     }

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from qinfra.cli.main import cli
+from qinfra.core.errors import NoFitError, SpecError
 
 REQUIRED_KEYS = {"format", "engine", "gpu", "tensor_parallel_size", "weights_gib",
                  "kv_bytes_per_token", "overhead_gib", "kv_cache_gib", "kv_cache_tokens",
@@ -118,3 +120,93 @@ def test_help_does_not_import_heavy_packages():
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def _group_raising(error: BaseException) -> click.Group:
+    """A group built like `qinfra` (same class, same --debug) whose one command raises `error`."""
+
+    @click.group(cls=type(cli))
+    @click.option("--debug", is_flag=True)
+    def root(debug: bool) -> None:
+        pass
+
+    @root.command()
+    def boom() -> None:
+        raise error
+
+    return root
+
+
+@pytest.mark.parametrize(
+    ("error", "exit_code", "first_line"),
+    [
+        # qinfra's errors carry their exit code; the CLI alone turns them into `Error:` lines
+        (SpecError("qinfra:target: got 'gcp'"), 2, "Error: qinfra:target: got 'gcp'"),
+        (NoFitError("stack prod does not fit"), 1, "Error: stack prod does not fit"),
+        # anything else is one line too, pointing at --debug
+        (KeyError("gpu"), 1, "Error: KeyError: 'gpu' (run with --debug for a traceback)"),
+    ],
+)
+def test_errors_become_exit_codes_and_one_line(error, exit_code, first_line):
+    result = CliRunner().invoke(_group_raising(error), ["boom"])
+    assert result.exit_code == exit_code
+    assert result.output.splitlines()[0] == first_line
+
+
+def test_a_command_invoked_on_its_own_maps_errors_too():
+    from qinfra.cli.command import Command
+
+    @click.command(cls=Command)
+    def boom() -> None:
+        raise SpecError("qinfra:fleet.gpus[0]: got 'h100'")
+
+    result = CliRunner().invoke(boom, [])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[0] == "Error: qinfra:fleet.gpus[0]: got 'h100'"
+
+
+def test_debug_shows_the_traceback_of_unexpected_errors():
+    result = CliRunner().invoke(_group_raising(KeyError("gpu")), ["--debug", "boom"])
+    assert isinstance(result.exception, KeyError) and result.exit_code == 1
+    assert "Error:" not in result.output
+
+
+def test_error_root_is_independent_of_click():
+    assert not isinstance(SpecError("x"), click.ClickException)
+    code = ("import sys; import qinfra.core.errors, qinfra.core.spec, qinfra.planning.stack\n"
+            "print('CLICK', 'click' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "CLICK False" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("variants", "names"),
+    [
+        # target local: long gguf format names, no GPU or instance, an endpoint per variant
+        ({"baseline": {"format": "gguf-f16", "weight_percent": 90, "replicas": 1,
+                       "endpoint": "http://127.0.0.1:18080"},
+          "quantized": {"format": "gguf-q4_k_m", "weight_percent": 10, "replicas": 1,
+                        "endpoint": "http://127.0.0.1:18081"}},
+         ["baseline", "quantized", "gguf-f16", "gguf-q4_k_m", "http://127.0.0.1:18081"]),
+        # target kubernetes: a long in-cluster endpoint must fold, not push the names out
+        ({"baseline": {"format": "bf16", "weight_percent": 75, "replicas": 3, "gpu": "l40s",
+                       "endpoint": "http://qinfra-k8s-baseline.qinfra.svc.cluster.local:8000"},
+          "quantized": {"format": "fp8", "weight_percent": 25, "replicas": 1, "gpu": "l40s",
+                        "endpoint": "http://qinfra-k8s-quantized.qinfra.svc.cluster.local:8000"}},
+         ["baseline", "quantized", "bf16", "fp8", "l40s"]),
+    ],
+)
+def test_status_table_never_cuts_names_at_80_columns(variants, names):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from qinfra.cli.stack import endpoints_table
+
+    out = StringIO()
+    Console(file=out, width=80).print(endpoints_table("local", {"stage": "ab_test",
+                                                                 "variants": variants}))
+    text = out.getvalue()
+    assert "…" not in text, text
+    for name in names:
+        assert name in text, text

@@ -10,16 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from qinfra.artifacts.push import FileEntry, Manifest
-from qinfra.serving.render import USER_DATA_MAX_BYTES, ArtifactContext, environment, render_stack, render_template
+from qinfra.artifacts.manifest import FileEntry, Manifest
+from qinfra.serving.render import (
+    USER_DATA_MAX_BYTES,
+    ArtifactContext,
+    environment,
+    render_stack,
+    render_template,
+)
 from tests.render_helpers import example, load_yaml, plan_for, vllm_stack, with_api_key
 
 CLOUD_INIT = shutil.which("cloud-init")
 INSTALL = "apt-get install -y --no-install-recommends cloud-init"
 
-needs_cloud_init = pytest.mark.skipif(
-    CLOUD_INIT is None, reason=f"cloud-init's schema validator is not installed; run `{INSTALL}`"
-)
+
+@pytest.fixture(scope="session")
+def cloud_init() -> str:
+    """cloud-init's own schema validator, or a failure naming it: CI installs every part."""
+    if CLOUD_INIT is None:
+        pytest.fail(f"cloud-init not found: run scripts/setup.sh (or `{INSTALL}`)", pytrace=False)
+    return CLOUD_INIT
 
 
 def _user_data() -> dict[str, str]:
@@ -37,31 +47,28 @@ def _user_data() -> dict[str, str]:
 CASES = _user_data()
 
 
-@needs_cloud_init
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_cloud_init_schema_accepts_user_data(tmp_path, name):
+def test_cloud_init_schema_accepts_user_data(tmp_path, cloud_init, name):
     path = tmp_path / "user-data.yaml"
     path.write_text(CASES[name])
-    done = subprocess.run([CLOUD_INIT, "schema", "--config-file", str(path)], capture_output=True, text=True)
+    done = subprocess.run([cloud_init, "schema", "--config-file", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Valid cloud-config" in done.stdout
 
 
-@needs_cloud_init
-def test_cloud_init_schema_rejects_a_broken_file(tmp_path):
+def test_cloud_init_schema_rejects_a_broken_file(tmp_path, cloud_init):
     """The validator is live: a wrong key inside write_files fails it."""
     text = CASES["prod/baseline/user-data.yaml"].replace("    owner: root:root", "    ownr: root:root", 1)
     path = tmp_path / "user-data.yaml"
     path.write_text(text)
-    done = subprocess.run([CLOUD_INIT, "schema", "--config-file", str(path)], capture_output=True, text=True)
+    done = subprocess.run([cloud_init, "schema", "--config-file", str(path)], capture_output=True, text=True)
     assert done.returncode != 0
 
 
 @pytest.fixture(scope="module")
-def cloud_config_keys() -> set[str]:
+def cloud_config_keys(cloud_init: str) -> set[str]:
     """Top-level keys cloud-init's own schema knows, read with the Python that runs cloud-init."""
-    assert CLOUD_INIT is not None
-    python = Path(CLOUD_INIT).read_text().splitlines()[0].removeprefix("#!").split()[0]
+    python = Path(cloud_init).read_text().splitlines()[0].removeprefix("#!").split()[0]
     code = ("import json; from cloudinit.config.schema import get_schema; "
             "print(json.dumps(sorted({k for d in get_schema()['$defs'].values() "
             "for k in d.get('properties', {})})))")
@@ -69,7 +76,6 @@ def cloud_config_keys() -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@needs_cloud_init
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_top_level_keys_are_cloud_init_modules(cloud_config_keys, name):
     """cloud-init ignores unknown top-level keys; a typo (`runcmds`) would silently do nothing."""

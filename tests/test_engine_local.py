@@ -50,7 +50,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("project")
     (root / "Pulumi.yaml").write_text(
         "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'program.py'}\n"
+        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n"
     )
     (root / "stacks").mkdir()
@@ -146,6 +146,17 @@ def test_status_json_has_the_variants_output(project):
     assert set(outputs["variants"]) == {"baseline", "quantized"}
     assert outputs["stage"] == "ab_test"
     assert data["health"] == {"baseline": "ok", "quantized": "ok"}
+
+
+def test_preview_compares_with_the_plan_up_recorded(project):
+    result = qinfra("preview", "--stack", "local", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["plan"]
+    assert plan["deployed"] == {"state": "recorded", "problem": None}
+    assert plan["usd_per_hour"]["before"] == plan["usd_per_hour"]["after"]
+    for name, delta in plan["variants"].items():
+        assert delta["before"] == delta["after"], name  # the stack file is what was deployed
+    assert plan["variants"]["baseline"]["after"]["sized_for_percent"] == 100
 
 
 def test_a_killed_server_is_restored_by_the_next_up(project):
@@ -252,8 +263,10 @@ def test_history_shows_every_update(project):
     rows = json.loads(result.output)
     updates = [r for r in rows if r["kind"] == "update"]
     assert [r["stage"] for r in updates][:2] == ["rollback", "ab_test"]
-    assert updates[0]["weights"] == {"baseline": 100, "quantized": 0}
-    assert updates[-1]["weights"] == {"baseline": 50, "quantized": 50}
+    assert updates[0]["traffic_percent"] == {"baseline": 100, "quantized": 0}
+    assert updates[-1]["traffic_percent"] == {"baseline": 50, "quantized": 50}
+    # every update its own number, newest first (the file backend records none itself)
+    assert [r["version"] for r in rows] == list(range(len(rows), 0, -1))
     assert all(r["artifacts"]["quantized"].startswith("file://") for r in updates)
 
 

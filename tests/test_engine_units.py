@@ -1,22 +1,46 @@
-"""Pure parts around the engine: error classification, backend choice, rollout stages, history
-rows and the preview report (including the PR-comment size limit)."""
+"""Pure parts around the engine: error classification (operations and state reads), backend
+choice, rollout stages and the one traffic rule, history rows and numbers, and the preview report
+against the recorded deployed plan (secrets masked, the PR-comment size limit)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qinfra.core import modelinfo
-from qinfra.deploy.engine import BACKEND_ENV, Change, Engine, HistoryEntry, Project, classify
-from qinfra.core.errors import SpecError
+from qinfra.core.errors import DeployError, SpecError
 from qinfra.core.hardware import catalog
+from qinfra.core.spec import Stage, Variant, load_stack, traffic_percent
+from qinfra.deploy.engine import (
+    BACKEND_ENV,
+    Change,
+    Deployer,
+    HistoryEntry,
+    Project,
+    UpdateKind,
+    UpdateResult,
+    classify,
+    history_entries,
+)
 from qinfra.deploy.history import entries
-from qinfra.deploy.preview import MARKDOWN_LIMIT, build_report, to_markdown
+from qinfra.deploy.preview import (
+    FIGURES,
+    MARKDOWN_LIMIT,
+    SECRET_SIG,
+    SECRET_SIG_KEY,
+    DeployedState,
+    build_report,
+    deployed_plan,
+    plan_record,
+    read_deployed,
+    to_markdown,
+)
 from qinfra.deploy.rollout import rollback, rollout
-from qinfra.planning.sizing import plan_stack
-from qinfra.core.spec import Stage, load_stack
+from qinfra.planning.sizing import plan_stack, sized_for_percent
 
 
 def test_classify_maps_a_lock_to_an_actionable_error(tmp_path):
@@ -46,8 +70,8 @@ def test_backend_choice(monkeypatch, env, stack_setting, expected):
         monkeypatch.delenv(BACKEND_ENV, raising=False)
     else:
         monkeypatch.setenv(BACKEND_ENV, env)
-    engine = Engine("prod", project=Project(Path("/p")), backend=stack_setting)
-    assert engine.env()[BACKEND_ENV] == expected
+    deployer = Deployer("prod", project=Project(Path("/p")), backend=stack_setting)
+    assert deployer.env()[BACKEND_ENV] == expected
 
 
 def test_backend_setting_is_validated(stacks):
@@ -92,9 +116,10 @@ def test_history_rows_read_stage_weights_and_artifacts():
         "qinfra:variants": json.dumps({"baseline": {"format": "bf16", "artifact": "s3://b/sha256-1/"},
                                        "quantized": {"format": "awq", "artifact": "s3://b/sha256-2/"}}),
     }
-    rows = entries("prod", [HistoryEntry(3, "update", "succeeded", "t0", "t1", config, {"update": 2})])
+    rows = entries("prod", [HistoryEntry(3, UpdateKind.UPDATE, UpdateResult.SUCCEEDED, "t0", "t1",
+                                         config, {"update": 2})])
     assert rows[0]["stage"] == "gradual"
-    assert rows[0]["weights"] == {"baseline": 75, "quantized": 25}
+    assert rows[0]["traffic_percent"] == {"baseline": 75, "quantized": 25}
     assert rows[0]["artifacts"] == {"baseline": "s3://b/sha256-1/", "quantized": "s3://b/sha256-2/"}
 
 
@@ -105,7 +130,9 @@ def _plans(reference_models: Path, stacks: Path):
     info = modelinfo.load(spec.model.id)
     after_spec = spec.model_copy(update={"rollout": spec.rollout.model_copy(
         update={"stage": Stage.ROLLBACK, "quantized_percent": 0})})
-    return spec.name, plan_stack(spec, info, catalog()), plan_stack(after_spec, info, catalog())
+    # the before side is what `up` recorded in the stack's `plan` output
+    deployed = read_deployed({"plan": plan_record(plan_stack(spec, info, catalog()))})
+    return spec.name, deployed, plan_stack(after_spec, info, catalog())
 
 
 def test_report_shows_script_lines_that_changed_and_the_plan_delta(reference_models, stacks):
@@ -132,3 +159,143 @@ def test_markdown_stays_under_the_comment_limit(reference_models, stacks):
     text = to_markdown(build_report(name, changes, {"update": 3000}, before, after))
     assert len(text) <= MARKDOWN_LIMIT < 65_536
     assert "summarised" in text or "resources changed" in text
+
+
+@pytest.mark.parametrize(
+    ("stage", "percent", "baseline", "quantized"),
+    [
+        (Stage.BASELINE_ONLY, 0, 100, 0),
+        (Stage.AB_TEST, 10, 90, 10),
+        (Stage.GRADUAL, 25, 75, 25),
+        (Stage.FULL, 100, 0, 100),
+        (Stage.ROLLBACK, 0, 100, 0),
+        (Stage.ROLLBACK, 30, 100, 0),  # a recorded rollback with a stale percent sends nothing
+    ],
+)
+def test_one_traffic_rule_for_targets_history_and_sizing(stage, percent, baseline, quantized):
+    assert traffic_percent(stage, percent) == {Variant.BASELINE: baseline, Variant.QUANTIZED: quantized}
+    config = {"qinfra:rollout": json.dumps({"stage": stage.value, "quantized_percent": percent})}
+    (row,) = entries("s", [HistoryEntry(1, UpdateKind.UPDATE, UpdateResult.SUCCEEDED, "t", None,
+                                        config, {})])
+    assert row["traffic_percent"] == {"baseline": baseline, "quantized": quantized}
+    # fleets: the baseline sized for all traffic, the quantized one for its live share
+    assert sized_for_percent(stage, percent) == {"baseline": 100, "quantized": quantized}
+
+
+def test_local_ports_side_by_side(stacks):
+    serving = load_stack("local").serving
+    assert [serving.local_port(v) for v in Variant] == [serving.port, serving.port + 1]
+
+
+def _summary(kind: str, result: str, version: int | None) -> Any:
+    from pulumi.automation import UpdateSummary
+
+    return UpdateSummary(
+        kind=kind, start_time=datetime(2026, 1, 2, 3, 4, 5), message="", environment={},
+        config={"qinfra:api_key": {"secret": True},  # as `stack history` without --show-secrets
+                "qinfra:rollout": {"value": '{"stage": "ab_test", "quantized_percent": 5}',
+                                   "secret": False}},
+        result=result, version=version, resource_changes={"same": 3})
+
+
+def test_history_numbers_every_update_when_the_backend_records_none():
+    """The file backend writes version 0 for every update: number them, failures included."""
+    got = history_entries([_summary("update", "failed", 0), _summary("destroy", "succeeded", 0),
+                           _summary("update", "succeeded", None)])
+    assert [h.version for h in got] == [3, 2, 1]
+    assert (got[0].kind, got[0].result) == (UpdateKind.UPDATE, UpdateResult.FAILED)
+    assert got[1].kind is UpdateKind.DESTROY and got[2].result is UpdateResult.SUCCEEDED
+    assert got[0].config["qinfra:api_key"] == "[secret]"
+    rows = entries("prod", got)
+    assert [r["version"] for r in rows] == [3, 2, 1]
+    assert json.loads(json.dumps(rows))[0]["result"] == "failed"
+
+
+def test_history_keeps_the_numbers_a_backend_records():
+    got = history_entries([_summary("update", "succeeded", 12), _summary("refresh", "in-progress", 11),
+                           _summary("some-new-kind", "some-new-result", 10)])
+    assert [h.version for h in got] == [12, 11, 10]
+    assert (got[2].kind, got[2].result) == (UpdateKind.OTHER, UpdateResult.OTHER)
+
+
+def test_a_failed_state_read_goes_through_the_classifier(tmp_path):
+    """outputs() and history() read state through the same classifier as up: no raw CommandError."""
+    from pulumi.automation import CommandError
+    from pulumi.automation._cmd import CommandResult
+
+    deployer = Deployer("prod", project=Project(tmp_path))
+    stderr = "error: getting stack outputs: incorrect passphrase"
+
+    def fail() -> None:
+        raise CommandError(CommandResult(stdout="", stderr=stderr, code=255))
+
+    with pytest.raises(DeployError) as caught:
+        deployer._read("outputs", fail)
+    message = caught.value.format_message()
+    assert message.startswith("secrets passphrase problem: incorrect passphrase")
+    assert "CommandError" not in message and "PULUMI_CONFIG_PASSPHRASE" in message
+    (log,) = (tmp_path / ".qinfra" / "logs").glob("prod-outputs-*.log")
+    assert stderr in log.read_text() and str(log) in message
+
+
+def test_preview_compares_with_the_recorded_plan(reference_models, stacks):
+    name, deployed, after = _plans(reference_models, stacks)
+    assert deployed.state is DeployedState.RECORDED
+    report = build_report(name, [], {}, deployed, after)
+    plan = report.to_json()["plan"]
+    assert plan["deployed"] == {"state": "recorded", "problem": None}
+    baseline = plan["variants"]["baseline"]
+    # the baseline fleet is sized for all traffic whatever share of it it takes
+    assert baseline["before"]["sized_for_percent"] == 100 == baseline["after"]["sized_for_percent"]
+    text = to_markdown(report)
+    assert "sized_for_percent" in text and "share_percent" not in text
+    assert "sized_for_percent" in FIGURES and "share_percent" not in FIGURES
+
+
+@pytest.mark.parametrize(
+    ("outputs", "reason"),
+    [
+        ({"variants": {}, "stage": "ab_test"}, "no `plan`"),  # deployed before plans were recorded
+        ({"variants": {}, "plan": "[secret]"}, "is a secret"),
+        ({"plan": {"schema": 99, "usd_per_hour": 1.0, "variants": {}}}, "schema 1"),
+        ({"plan": ["not", "a", "record"]}, "schema 1"),
+    ],
+)
+def test_an_unreadable_deployed_plan_says_so(reference_models, stacks, outputs, reason):
+    deployed = read_deployed(outputs)
+    assert deployed.state is DeployedState.UNREADABLE and reason in deployed.problem
+    name, _, after = _plans(reference_models, stacks)
+    report = build_report(name, [], {}, deployed, after)
+    assert report.usd_per_hour_before is None and all(v.before is None for v in report.variants)
+    text = to_markdown(report)
+    assert f"deployed plan: unreadable ({deployed.problem})" in text
+    assert "nothing deployed" not in text
+    assert report.to_json()["plan"]["deployed"]["state"] == "unreadable"
+
+
+def test_a_failed_outputs_read_is_unreadable_not_nothing_deployed():
+    def fail() -> dict[str, Any]:
+        raise DeployError("secrets passphrase problem: incorrect passphrase.\nFull log: /x.log")
+
+    got = deployed_plan(fail)
+    assert got.state is DeployedState.UNREADABLE
+    assert got.describe() == ("deployed plan: unreadable (secrets passphrase problem: incorrect "
+                              "passphrase. Full log: /x.log)")
+    assert deployed_plan(dict).describe() == "nothing deployed"  # a stack with no outputs
+
+
+def test_secrets_show_as_secret_in_every_view(reference_models, stacks):
+    name, deployed, after = _plans(reference_models, stacks)
+
+    def secret(text: str) -> dict[str, str]:  # a secret input as the engine reports it
+        return {SECRET_SIG_KEY: SECRET_SIG, "plaintext": json.dumps(text)}
+
+    change = Change("update", "urn:x::srv", "pulumi-python:dynamic/qinfra:LlamaServer", "srv",
+                    ("api_key", "headers"), {"api_key": secret("sk-old-1"), "headers": {"a": 1}},
+                    {"api_key": secret("sk-new-2"), "headers": {"a": 2, "auth": secret("sk-new-3")}})
+    report = build_report(name, [change], {"update": 1}, deployed, after)
+    props = {p.key: (p.old, p.new) for p in report.resources[0].properties}
+    assert props["api_key"] == ("[secret]", "[secret]")
+    assert props["headers"] == ('{"a": 1}', '{"a": 2, "auth": "[secret]"}')
+    for view in (to_markdown(report), json.dumps(report.to_json())):
+        assert "sk-" not in view and "[secret]" in view

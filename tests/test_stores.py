@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -11,26 +12,15 @@ from pathlib import Path
 import boto3
 import pytest
 
+from qinfra.artifacts.filestore import FileStore
+from qinfra.artifacts.s3store import SHA256_METADATA_KEY, S3Store
+from qinfra.artifacts.stores import MIB, Store, StoredObject, Upload, open_store
 from qinfra.core.errors import ArtifactError
-from qinfra.artifacts.stores import (
-    MIB,
-    SHA256_METADATA_KEY,
-    FileStore,
-    S3Store,
-    Store,
-    StoredObject,
-    TransferSettings,
-    Upload,
-    open_store,
-)
+from tests.s3server import SMALL_PARTS
 
-pytest_plugins = ["tests.s3server"]
-
-# S3's smallest part is 5 MiB (s3transfer raises smaller chunk sizes to it), so a 12 MiB file is
-# the smallest that uploads in more than two parts.
-SMALL_PARTS = TransferSettings(
-    multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB, max_concurrency=4
-)
+# A 12 MiB file is the smallest that uploads in more than two 5 MiB parts; four threads send
+# its parts at once, as a real push does.
+PARALLEL_PARTS = dataclasses.replace(SMALL_PARTS, max_concurrency=4)
 
 
 _ACL_HEADERS = ("x-amz-acl", "x-amz-grant-")
@@ -45,15 +35,6 @@ def _file(path: Path, size: int, seed: int = 0) -> Upload:
 def _counter() -> tuple[list[int], Callable[[int], None]]:
     seen: list[int] = []
     return seen, seen.append
-
-
-@pytest.fixture(params=["s3", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """The same tests run against both stores: the code above the interface is shared."""
-    if request.param == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        return open_store(f"s3://{bucket}/models/", SMALL_PARTS)
-    return open_store(f"file://{tmp_path}/store")
 
 
 def test_upload_then_stat_and_rehash(store: Store, tmp_path: Path) -> None:
@@ -80,7 +61,7 @@ def test_write_and_read_bytes(store: Store) -> None:
 def test_s3_multipart_object_is_encrypted_checksummed_and_private(
     s3_bucket: str, tmp_path: Path
 ) -> None:
-    store = open_store(f"s3://{s3_bucket}/models", SMALL_PARTS)
+    store = open_store(f"s3://{s3_bucket}/models", PARALLEL_PARTS)
     assert isinstance(store, S3Store)
     sent: list[dict[str, str]] = []
     store._client.meta.events.register(
@@ -112,7 +93,7 @@ def test_s3_multipart_object_is_encrypted_checksummed_and_private(
 
 def test_s3_upload_caught_when_store_disagrees(s3_bucket: str, tmp_path: Path) -> None:
     """Post-upload verification: a digest that does not describe the bytes is refused."""
-    store = open_store(f"s3://{s3_bucket}", SMALL_PARTS)
+    store = open_store(f"s3://{s3_bucket}", PARALLEL_PARTS)
     item = _file(tmp_path / "w.bin", 100)
     wrong = Upload(item.path, item.key, item.size, "0" * 64)
     with pytest.raises(ArtifactError, match="does not match its manifest entry after upload"):

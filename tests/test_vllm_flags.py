@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
 
-from qinfra.planning.planner import VLLM_VERSION
+from qinfra.core.formats import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, VLLM_VERSION
+from qinfra.core.spec import ServingSpec
+from qinfra.planning.flags import VllmFlags
 from qinfra.serving.render import VLLM_IMAGE, render_stack
 from tests.render_helpers import ROOT, example, launch_command, plan_for, scripts, vllm_stack
 
@@ -51,6 +53,7 @@ class VllmCli:
     kv_cache_dtypes: frozenset[str]
     dtypes: frozenset[str]
     env_vars: frozenset[str]
+    default_gpu_memory_utilization: float
 
 
 def _wheel() -> Path:
@@ -58,8 +61,10 @@ def _wheel() -> Path:
         return Path(env)
     found = sorted(WHEEL_DIR.glob(f"vllm-{VLLM_VERSION}-*.whl"))
     if not found:
-        pytest.skip(
-            f"the vLLM {VLLM_VERSION} wheel is needed to read its flags; run `{DOWNLOAD}` or set {WHEEL_ENV}"
+        pytest.fail(
+            f"the vLLM {VLLM_VERSION} wheel not found in {WHEEL_DIR}: run scripts/setup.sh "
+            f"(or `{DOWNLOAD}`), or set {WHEEL_ENV}",
+            pytrace=False,
         )
     return found[0]
 
@@ -106,6 +111,18 @@ def _module_value(tree: ast.Module, name: str) -> ast.expr:
     raise AssertionError(f"{name} not found")
 
 
+def _field_default(tree: ast.Module, cls: str, name: str) -> object:
+    """The `default=` of a config dataclass field written `name: T = Field(default=...)`."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                        and item.target.id == name and isinstance(item.value, ast.Call)):
+                    default = next(k.value for k in item.value.keywords if k.arg == "default")
+                    return ast.literal_eval(default)
+    raise AssertionError(f"{cls}.{name} not found")
+
+
 def _strings(node: ast.expr) -> frozenset[str]:
     """The string constants of a `Literal[...]` or a list."""
     values = node.slice if isinstance(node, ast.Subscript) else node
@@ -147,6 +164,9 @@ def vllm_cli() -> VllmCli:
         kv_cache_dtypes=_strings(_module_value(cache, "CacheDType")),
         dtypes=_strings(_module_value(model, "ModelDType")),
         env_vars=env_vars,
+        default_gpu_memory_utilization=float(
+            _field_default(cache, "CacheConfig", "gpu_memory_utilization")  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -157,6 +177,17 @@ def test_the_wheel_is_the_pinned_release(vllm_cli):
     assert len(vllm_cli.options) > 150
     assert {"--max-model-len", "--port", "--api-key"} <= vllm_cli.options
     assert "model_tag" in vllm_cli.positionals
+
+
+def test_the_default_utilization_is_the_pinned_release_s(vllm_cli):
+    """The stack schema and the ad-hoc planner share one default, and it is vLLM's own."""
+    assert vllm_cli.default_gpu_memory_utilization == VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    assert ServingSpec.model_fields["gpu_memory_utilization"].default == VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+
+
+def test_the_plan_names_every_memory_flag():
+    """PLAN_FLAGS covers every field of the plan's vLLM flags, so none goes unchecked."""
+    assert set(PLAN_FLAGS) == {f.name for f in fields(VllmFlags)}
 
 
 # (target, baseline, quantized, fleet, kv cache dtype): each case reaches other rendered values.
@@ -205,13 +236,14 @@ def test_every_format_renders_flags_and_values_vllm_has(vllm_cli, target, baseli
     commands = _commands(render_stack(spec, plan))
     for name, argv in zip(("baseline", "quantized"), commands, strict=True):
         _, options = _check(vllm_cli, argv)
-        flags = plan.variant(name).chosen.engine.flags
+        flags = plan.variant(name).chosen.engine_plan.flags
         # The memory flags are the plan's, all of them, with the plan's values.
         for key, option in PLAN_FLAGS.items():
-            if flags[key] is None:
+            value = getattr(flags, key)
+            if value is None:
                 assert option not in options
             else:
-                assert options[option] == str(flags[key]), (name, option)
+                assert options[option] == str(value), (name, option)
 
 
 def _check(cli: VllmCli, argv: list[str]) -> tuple[list[str], dict[str, str]]:

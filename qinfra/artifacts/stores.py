@@ -1,20 +1,14 @@
-"""Artifact stores behind one small interface: S3 (any endpoint, via boto3) and file:// paths."""
+"""The artifact store interface (S3 or a file:// tree), its value types, and open_store."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import os
-import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Protocol
 
+from qinfra.artifacts.progress import ProgressFn
+from qinfra.core.artifact_uri import STORE_URI_SHAPE, StoreScheme, parse_store_uri
 from qinfra.core.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -24,14 +18,8 @@ MIB = 1024 * 1024
 # Big enough that hashlib (which releases the GIL for updates over 2 KiB) spends its time in C,
 # small enough that a few parallel readers stay in cache-friendly memory.
 READ_BUFFER_BYTES = 4 * MIB
-# S3 object metadata key (sent as x-amz-meta-sha256) holding the whole file's sha256 in hex. S3's
-# own additional checksum of a multipart upload is a checksum of part checksums, which cannot be
-# compared with a manifest entry, so the full-file digest travels beside it.
-SHA256_METADATA_KEY = "sha256"
-# user.* extended attribute where FileStore records the same digest, so a re-push need not re-read.
-SHA256_XATTR = "user.qinfra.sha256"
-
-ProgressFn = Callable[[int], None]
+# Parallel stat (HEAD) requests when checking which objects a store already holds.
+STAT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -99,406 +87,29 @@ class Store(Protocol):
         """Names of the top-level folders (prefixes) under the store."""
 
 
+def checked_store_uri(uri: str) -> str:
+    """`uri` without trailing slashes; ArtifactError when it is not a store URI."""
+    try:
+        return parse_store_uri(uri)
+    except ValueError:
+        raise ArtifactError(
+            f"store '{uri}' is neither {STORE_URI_SHAPE.replace(' or ', ' nor ')}. "
+            "To fix: correct qinfra:artifacts.store or --to"
+        ) from None
+
+
 def open_store(uri: str, settings: TransferSettings | None = None) -> Store:
     """The store for `s3://bucket[/prefix]` or `file:///abs/path`; ArtifactError otherwise."""
-    settings = settings or TransferSettings()
-    uri = uri.rstrip("/")
-    if uri.startswith("s3://"):
-        return S3Store(uri, settings)
-    if uri.startswith("file://"):
-        return FileStore(uri)
-    raise ArtifactError(
-        f"store '{uri}' is neither s3://bucket[/prefix] nor file:///absolute/path. "
-        "To fix: correct qinfra:artifacts.store or --to"
-    )
+    uri = checked_store_uri(uri)
+    if uri.startswith(f"{StoreScheme.S3}://"):
+        from qinfra.artifacts.s3store import S3Store
+
+        return S3Store(uri, settings or TransferSettings())
+    from qinfra.artifacts.filestore import FileStore
+
+    return FileStore(uri)
 
 
 def sha256_matches(obj: StoredObject | None, size: int, sha256: str) -> bool:
     """True when a stored object is the one a manifest entry describes."""
     return obj is not None and obj.size == size and obj.sha256 == sha256
-
-
-class _HashSink:
-    """A write-only file object that hashes what it is given, so verify never stores a copy.
-
-    It has no seek(), so s3transfer's ranged parallel download hands it the parts in order.
-    """
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def seekable(self) -> bool:
-        return False
-
-
-class S3Store:
-    """An S3 bucket and prefix; the endpoint, region and credentials come from boto3's own config
-    (AWS_ENDPOINT_URL, AWS_PROFILE, ...), so any S3-compatible endpoint works unchanged."""
-
-    def __init__(self, uri: str, settings: TransferSettings) -> None:
-        parsed = urlparse(uri)
-        if not parsed.netloc:
-            raise ArtifactError(f"store '{uri}' names no bucket. To fix: use s3://bucket[/prefix]")
-        self._uri = uri
-        self.bucket = parsed.netloc
-        self.prefix = parsed.path.strip("/")
-        self.settings = settings
-        self._client_cache: Any = None
-        self._client_lock = threading.Lock()
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    @property
-    def _client(self) -> Any:
-        """Made once, on first use, under a lock: creating boto3 sessions and clients is not
-        thread-safe, while the finished client is shared by the transfer threads."""
-        with self._client_lock:
-            if self._client_cache is None:
-                self._client_cache = self._make_client()
-        return self._client_cache
-
-    def _make_client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3",
-            config=Config(
-                max_pool_connections=max(10, self.settings.max_concurrency + 2),
-                retries={"mode": "standard"},
-            ),
-        )
-
-    @property
-    def endpoint(self) -> str:
-        return str(self._client.meta.endpoint_url)
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def check(self) -> None:
-        with self._errors("reach"):
-            self._client.head_bucket(Bucket=self.bucket)
-
-    def stat(self, key: str) -> StoredObject | None:
-        head = self._head(key)
-        if head is None:
-            return None
-        return StoredObject(size=head["ContentLength"], sha256=_recorded_sha256(head))
-
-    def _head(self, key: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
-
-        with self._errors("read"):
-            try:
-                head: dict[str, Any] = self._client.head_object(
-                    Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
-                )
-            except ClientError as exc:
-                if _status(exc) == 404:
-                    return None
-                raise
-        return head
-
-    def upload(self, uploads: Sequence[Upload], progress: ProgressFn) -> None:
-        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
-
-        if not uploads:
-            return
-        subscribers = [ProgressCallbackInvoker(progress)]
-        with (
-            self._errors("upload to"),
-            create_transfer_manager(self._client, self.settings.boto_config()) as manager,
-        ):
-            futures = [
-                manager.upload(
-                    str(item.path),
-                    self.bucket,
-                    self._key(item.key),
-                    extra_args=_put_args(item.sha256),
-                    subscribers=subscribers,
-                )
-                for item in uploads
-            ]
-            for future in futures:
-                future.result()
-        with ThreadPoolExecutor(self.settings.max_concurrency) as pool:
-            heads = list(pool.map(self._head, [item.key for item in uploads]))
-        for item, head in zip(uploads, heads, strict=True):
-            self._verify_uploaded(item, head)
-
-    def _verify_uploaded(self, item: Upload, head: dict[str, Any] | None) -> None:
-        """Compare what S3 now holds with what was hashed: size, recorded digest, and for a
-        single-part object S3's own SHA256 of the bytes it received."""
-        where = f"{self.uri}/{item.key}"
-        if head is None:
-            raise ArtifactError(f"{where} is missing right after its upload. To fix: push again")
-        size, recorded = head["ContentLength"], _recorded_sha256(head)
-        server = head.get("ChecksumSHA256")
-        composite = "-" in head.get("ETag", "") or head.get("ChecksumType") == "COMPOSITE"
-        server_ok = server is None or composite or _b64_to_hex(server) == item.sha256
-        if size != item.size or recorded != item.sha256 or not server_ok:
-            raise ArtifactError(
-                f"{where} does not match its manifest entry after upload: store has {size} "
-                f"bytes, sha256 {recorded} (S3 checksum {server}); expected {item.size} bytes, "
-                f"sha256 {item.sha256}. To fix: make sure nothing rewrites the source or the "
-                "object during the push, then push again"
-            )
-
-    def read(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        with self._errors("read"):
-            try:
-                body = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-            except ClientError as exc:
-                if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
-                    return None
-                raise
-            data: bytes = body.read()
-        return data
-
-    def write(self, key: str, data: bytes) -> None:
-        digest = hashlib.sha256(data).hexdigest()
-        with self._errors("write to"):
-            self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, **_put_args(digest)
-            )
-
-    def rehash(self, keys: Sequence[str], progress: ProgressFn) -> dict[str, StoredObject | None]:
-        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
-        from botocore.exceptions import ClientError
-
-        subscribers = [ProgressCallbackInvoker(progress)]
-        result: dict[str, StoredObject | None] = {}
-        with (
-            self._errors("read"),
-            create_transfer_manager(self._client, self.settings.boto_config()) as manager,
-        ):
-            sinks = {key: _HashSink() for key in keys}
-            futures = {
-                key: manager.download(self.bucket, self._key(key), sink, subscribers=subscribers)
-                for key, sink in sinks.items()
-            }
-            for key, future in futures.items():
-                try:
-                    future.result()
-                except ClientError as exc:
-                    if _status(exc) != 404:
-                        raise
-                    result[key] = None
-                    continue
-                sink = sinks[key]
-                result[key] = StoredObject(size=sink.size, sha256=sink.digest.hexdigest())
-        return result
-
-    def list_dirs(self) -> list[str]:
-        base = f"{self.prefix}/" if self.prefix else ""
-        names: list[str] = []
-        with self._errors("list"):
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=base, Delimiter="/"
-            )
-            for page in pages:
-                for common in page.get("CommonPrefixes", []):
-                    names.append(common["Prefix"][len(base) :].rstrip("/"))
-        return sorted(names)
-
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Turn botocore's failures into messages that name the bucket, endpoint and a fix."""
-        from botocore.exceptions import (
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
-
-        try:
-            yield
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise ArtifactError(
-                f"cannot {action} {self.uri}: {exc}. To fix: set AWS_PROFILE, or "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            ) from None
-        except EndpointConnectionError as exc:
-            raise ArtifactError(
-                f"cannot {action} {self.uri}: {exc}. To fix: check AWS_ENDPOINT_URL and the network"
-            ) from None
-        except ClientError as exc:
-            code, status = _code(exc), _status(exc)
-            if code == "NoSuchBucket" or (status == 404 and code in {"404", "NotFound"}):
-                raise ArtifactError(
-                    f"bucket '{self.bucket}' does not exist at endpoint {self.endpoint}; "
-                    "create it or fix qinfra:artifacts.store"
-                ) from None
-            if status == 403:
-                raise ArtifactError(
-                    f"access denied to {self.uri} at endpoint {self.endpoint} ({code}). To fix: "
-                    "use credentials allowed s3:ListBucket, s3:GetObject and s3:PutObject there"
-                ) from None
-            message = exc.response.get("Error", {}).get("Message", "")
-            raise ArtifactError(
-                f"cannot {action} {self.uri} at endpoint {self.endpoint}: {code} {message}"
-            ) from None
-
-
-def _put_args(sha256: str) -> dict[str, Any]:
-    """Every object: server-side encryption, an S3 SHA256 checksum per request or part, and the
-    full-file digest as metadata. No ACL is ever sent, so the bucket's (private) default holds."""
-    return {
-        "ServerSideEncryption": "AES256",
-        "ChecksumAlgorithm": "SHA256",
-        "Metadata": {SHA256_METADATA_KEY: sha256},
-    }
-
-
-def _recorded_sha256(head: dict[str, Any]) -> str | None:
-    value = head.get("Metadata", {}).get(SHA256_METADATA_KEY)
-    return str(value) if value else None
-
-
-def _b64_to_hex(value: str) -> str:
-    return base64.b64decode(value).hex()
-
-
-def _status(exc: Any) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-class FileStore:
-    """A directory tree; every write goes to a temporary file renamed into place, so a file at
-    its final path is always complete."""
-
-    def __init__(self, uri: str) -> None:
-        parsed = urlparse(uri)
-        if parsed.netloc or not parsed.path.startswith("/"):
-            raise ArtifactError(
-                f"store '{uri}' is not an absolute file URI. To fix: use file:///absolute/path"
-            )
-        self._uri = uri
-        self.root = Path(unquote(parsed.path))
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ArtifactError(
-                f"cannot create store directory {self.root}: {exc.strerror}. To fix: choose a "
-                "writable qinfra:artifacts.store"
-            ) from None
-
-    def stat(self, key: str) -> StoredObject | None:
-        path = self.root / key
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return None
-        try:
-            recorded: str | None = os.getxattr(path, SHA256_XATTR).decode()
-        except OSError:  # no xattr support here, or written by hand: hash what is there
-            recorded = _hash_file(path, lambda _: None)
-        return StoredObject(size=size, sha256=recorded)
-
-    def upload(self, uploads: Sequence[Upload], progress: ProgressFn) -> None:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [pool.submit(self._copy, item, progress) for item in uploads]:
-                future.result()
-
-    def _copy(self, item: Upload, progress: ProgressFn) -> None:
-        """Copy while hashing the bytes written: the digest is the post-upload verification."""
-        dest = self.root / item.key
-        with self._writing(dest) as out, open(item.path, "rb") as src:
-            digest, size = hashlib.sha256(), 0
-            buf = bytearray(READ_BUFFER_BYTES)
-            view = memoryview(buf)
-            while n := src.readinto(buf):
-                digest.update(view[:n])
-                out.write(view[:n])
-                size += n
-                progress(n)
-            if size != item.size or digest.hexdigest() != item.sha256:
-                raise ArtifactError(
-                    f"{item.path} changed after it was hashed: copied {size} bytes with sha256 "
-                    f"{digest.hexdigest()}, expected {item.size} bytes, sha256 {item.sha256}. "
-                    "To fix: stop whatever writes it and push again"
-                )
-        with contextlib.suppress(OSError):
-            os.setxattr(dest, SHA256_XATTR, item.sha256.encode())
-
-    def read(self, key: str) -> bytes | None:
-        try:
-            return (self.root / key).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write(self, key: str, data: bytes) -> None:
-        dest = self.root / key
-        with self._writing(dest) as out:
-            out.write(data)
-        with contextlib.suppress(OSError):
-            os.setxattr(dest, SHA256_XATTR, hashlib.sha256(data).hexdigest().encode())
-
-    def rehash(self, keys: Sequence[str], progress: ProgressFn) -> dict[str, StoredObject | None]:
-        def one(key: str) -> StoredObject | None:
-            path = self.root / key
-            if not path.is_file():
-                return None
-            digest = _hash_file(path, progress)
-            return StoredObject(size=path.stat().st_size, sha256=digest)
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return dict(zip(keys, pool.map(one, keys), strict=True))
-
-    def list_dirs(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
-
-    @contextlib.contextmanager
-    def _writing(self, dest: Path) -> Iterator[Any]:
-        """A file object for `dest` that only appears there, complete and synced, on success."""
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        except OSError as exc:
-            raise ArtifactError(
-                f"cannot write {dest}: {exc.strerror}. To fix: choose a writable store"
-            ) from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                yield out
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-
-def _hash_file(path: Path, progress: ProgressFn) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(READ_BUFFER_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            progress(n)
-    return digest.hexdigest()

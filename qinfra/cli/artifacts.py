@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 
+from qinfra.cli.command import Group
+from qinfra.cli.output import echo_json
 from qinfra.core.errors import ArtifactError
 from qinfra.core.formats import Format
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
 
-    from qinfra.artifacts.push import Progress, PushResult
-    from qinfra.artifacts.stores import ProgressFn
+    from qinfra.artifacts.progress import Progress, ProgressFn
+    from qinfra.artifacts.push import PushResult
 
 
-@click.group("artifacts")
+@click.group("artifacts", cls=Group)
 def artifacts() -> None:
     """Push, verify and list the weight artifacts a stack deploys."""
 
@@ -61,6 +62,8 @@ def push(
     manifest, so pushing the same content again prints the same URI.
     """
     from qinfra.artifacts import push as art
+    from qinfra.artifacts.fetch import fetch
+
     if stack and (src or store):
         raise click.UsageError("give either --stack NAME or SRC --to STORE_URI, not both")
     if not stack and not (src and store):
@@ -76,7 +79,7 @@ def push(
         diff = update_stack_file(spec.path, art.pins(results))
         if as_json:
             variants = {name: r.to_json() for name, r in results.items()}
-            click.echo(json.dumps({"stack": stack, "variants": variants, "diff": diff}, indent=2))
+            echo_json({"stack": stack, "variants": variants, "diff": diff})
             return
         for name, result in results.items():
             click.echo(_summary(name, result))
@@ -86,11 +89,14 @@ def push(
 
     assert src is not None and store is not None
     with progress_bars(quiet=as_json) as progress:
-        fetched = art.fetch(
+        fetched = fetch(
             src, fmt=Format(fmt) if fmt else None, revision=revision, progress=progress
         )
         result = art.push(fetched, open_store(store), progress=progress)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else _summary(src, result))
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        click.echo(_summary(src, result))
 
 
 @artifacts.command("verify")
@@ -101,11 +107,12 @@ def verify(uri: str, as_json: bool) -> None:
 
     Exits 0 when intact, 1 naming each missing or altered file otherwise.
     """
-    from qinfra.artifacts import push as art
+    from qinfra.artifacts.verify import verify as verify_artifact
+
     with progress_bars(quiet=as_json) as progress:
-        report = art.verify(uri, progress=progress)
+        report = verify_artifact(uri, progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        echo_json(report.to_json())
         if not report.ok:
             raise click.exceptions.Exit(ArtifactError.exit_code)
         return
@@ -124,13 +131,13 @@ def verify(uri: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ls(stack: str, as_json: bool) -> None:
     """List the artifacts in a stack's store and which variant pins each."""
-    from qinfra.artifacts import push as art
+    from qinfra.artifacts.listing import list_artifacts
     from qinfra.core.spec import load_stack
 
     spec = load_stack(stack)
-    listings = art.list_artifacts(spec)
+    listings = list_artifacts(spec)
     if as_json:
-        click.echo(json.dumps([item.to_json() for item in listings], indent=2))
+        echo_json([item.to_json() for item in listings])
         return
     from rich.console import Console
     from rich.filesize import decimal
@@ -183,7 +190,7 @@ class _RichProgress:
 
 @contextlib.contextmanager
 def progress_bars(quiet: bool) -> Iterator[Progress]:
-    from qinfra.artifacts.push import NO_PROGRESS
+    from qinfra.artifacts.progress import NO_PROGRESS
 
     if quiet:
         yield NO_PROGRESS

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from qinfra.cli.command import Command
+from qinfra.cli.output import echo_json
 
-@click.command("render")
+
+@click.command("render", cls=Command)
 @click.option("--stack", required=True, metavar="NAME", help="Render stacks/Pulumi.<NAME>.yaml.")
 @click.option(
     "--out",
@@ -25,14 +27,12 @@ def render(stack: str, out: Path, as_json: bool) -> None:
     Everything is rendered before anything is written, so a bad stack writes nothing. The same
     stack file gives byte-identical files.
     """
-    from qinfra.core import modelinfo
-    from qinfra.core.hardware import catalog
-    from qinfra.serving.render import render_stack, write_rendered
-    from qinfra.planning.sizing import plan_stack
     from qinfra.core.spec import load_stack
+    from qinfra.planning.stack import plan_for
+    from qinfra.serving.render import render_stack, write_rendered
 
     spec = load_stack(stack)
-    plan = plan_stack(spec, modelinfo.load(spec.model.id, spec.model.revision), catalog())
+    plan = plan_for(spec)
     files = render_stack(spec, plan)
     written = write_rendered(files, out)
     if as_json:
@@ -42,7 +42,7 @@ def render(stack: str, out: Path, as_json: bool) -> None:
             "out": str(out),
             "files": [{"path": str(rel), "bytes": len(text.encode())} for rel, text in files.items()],
         }
-        click.echo(json.dumps(doc, indent=2))
+        echo_json(doc)
         return
     for path in written:
         click.echo(f"wrote {path}")

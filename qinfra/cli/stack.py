@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
-from qinfra.core.errors import EngineError, QinfraError
+from qinfra.cli.command import Command
+from qinfra.cli.output import echo_json
+from qinfra.core.errors import DeployError
 
 _stack_option = click.option("--stack", "stack", required=True, metavar="NAME",
                              help="The stack: stacks/Pulumi.<NAME>.yaml.")
 _yes_option = click.option("--yes", "-y", is_flag=True,
                            help="Apply without asking (for scripts and CI).")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _console(stderr: bool = False) -> Any:
@@ -37,48 +34,26 @@ def _load(stack: str) -> Any:
     return spec
 
 
-def _plan(spec: Any) -> Any:
-    from qinfra.core import modelinfo
-    from qinfra.core.hardware import catalog
-    from qinfra.planning.sizing import plan_stack
-
-    return plan_stack(spec, modelinfo.load(spec.model.id, spec.model.revision), catalog())
-
-
-def _deployed_plan(engine: Any, stack: str) -> Any:
-    """The plan of the last successful update, from the config the engine recorded for it."""
-    from qinfra.core.spec import parse_flat_config
-
-    for entry in engine.history():
-        if entry.kind == "update" and entry.result == "succeeded":
-            try:
-                return _plan(parse_flat_config(entry.config, stack))
-            except QinfraError:
-                return None
-    return None
-
-
-
-
-def _preview_with_history(engine: Any, spec: Any) -> Any:
-    """Preview and read the deployed plan side by side: two CLI calls, one wait."""
+def _preview_with_deployed(deployer: Any, spec: Any) -> Any:
+    """Preview and read the deployed plan (the stack's `plan` output) side by side."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from qinfra.deploy.preview import build_report
+    from qinfra.deploy.preview import build_report, deployed_plan
+    from qinfra.planning.stack import plan_for
 
-    engine.stack()  # select (or create) the stack once, before the two calls share it
+    deployer.stack()  # select (or create) the stack once, before the two calls share it
     with ThreadPoolExecutor(max_workers=1) as pool:
-        before = pool.submit(_deployed_plan, engine, spec.name)
-        outcome = engine.preview()
+        before = pool.submit(deployed_plan, lambda: deployer.outputs(mask_secrets=True))
+        outcome = deployer.preview()
         return build_report(spec.name, outcome.changes, outcome.summary, before.result(),
-                            _plan(spec))
+                            plan_for(spec))
 
 
 def _print_report(report: Any, as_json: bool, markdown: bool) -> None:
     from qinfra.deploy.preview import to_markdown
 
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(report.to_json())
     elif markdown:
         click.echo(to_markdown(report), nl=False)
     else:
@@ -110,9 +85,7 @@ def _print_rich(report: Any) -> None:
         table.add_row(k, *(arrow((v.before or {}).get(k), (v.after or {}).get(k))
                            for v in report.variants))
     console.print(table)
-    before, after = report.usd_per_hour_before, report.usd_per_hour_after
-    was = "nothing deployed" if before is None else f"${before:,.2f}/hour"
-    console.print(f"cost: ${after:,.2f}/hour (deployed: {was})")
+    console.print(f"cost: ${report.usd_per_hour_after:,.2f}/hour ({report.deployed.describe()})")
 
 
 def _confirm(yes: bool, question: str) -> None:
@@ -130,7 +103,7 @@ def _ensure_artifacts(spec: Any, quiet: bool) -> Any:
     from qinfra.core.spec import load_stack
     from qinfra.deploy.stackfile import update_stack_file
 
-    uris = [getattr(spec.variants, name).artifact for name in art.VARIANTS]
+    uris = [variant.artifact for _, variant in spec.variants.pairs()]
     if all(uri is not None and _stored(uri) for uri in uris):
         return spec
     from qinfra.cli.artifacts import progress_bars
@@ -145,60 +118,81 @@ def _ensure_artifacts(spec: Any, quiet: bool) -> Any:
 
 def _stored(uri: str) -> bool:
     """A pinned artifact is usable when its manifest (written last) is in the store."""
-    from qinfra.artifacts.push import MANIFEST_NAME, split_artifact_uri
+    from qinfra.artifacts.manifest import MANIFEST_NAME, split_artifact_uri
     from qinfra.artifacts.stores import open_store
 
-    store_uri, artifact_id = split_artifact_uri(uri)
-    return open_store(store_uri).read(f"{artifact_id}/{MANIFEST_NAME}") is not None
+    parsed = split_artifact_uri(uri)
+    return open_store(parsed.store).read(f"{parsed.artifact_id}/{MANIFEST_NAME}") is not None
 
 
 def _apply(spec: Any, yes: bool, as_json: bool) -> None:
-    from qinfra.deploy.engine import Engine
+    from qinfra.deploy.engine import Deployer
 
-    engine = Engine(spec.name, backend=spec.backend)
+    deployer = Deployer(spec.name, backend=spec.backend)
     if not yes or not as_json:
-        report = _preview_with_history(engine, spec)
+        report = _preview_with_deployed(deployer, spec)
         if not as_json:
             _print_report(report, False, False)
         _confirm(yes, f"Apply these changes to stack {spec.name}?")
     if not as_json:
         _console(stderr=True).print("[dim]applying; servers count once healthy and warm…[/]")
-    outcome = engine.up()
+    outcome = deployer.up()
     if as_json:
-        _echo_json({"stack": spec.name, "summary": outcome.summary, "outputs": outcome.outputs})
+        echo_json({"stack": spec.name, "summary": outcome.summary, "outputs": outcome.outputs})
         return
     _print_endpoints(spec.name, outcome.outputs)
 
 
-def _print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
+_ENDPOINT_COLUMNS = ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint")
+
+
+def endpoints_table(stack: str, outputs: dict[str, Any]) -> Any:
+    """The stack's `variants` output as a table, one row per variant.
+
+    Names and figures are never cut (no_wrap, at least as wide as their longest cell); only the
+    endpoint folds onto more lines in a narrow terminal. A column that no variant fills (gpu and
+    instance on target local, per-variant endpoints behind one front door) is left out.
+    """
     from rich.table import Table
 
+    rows = [(name, str(v.get("format")), f"{v.get('weight_percent')}%", str(v.get("replicas")),
+             str(v.get("gpu") or "-"), str(v.get("instance_type") or "-"),
+             str(v.get("endpoint") or "-"))
+            for name, v in (outputs.get("variants") or {}).items()]
+    shown = [i for i, _ in enumerate(_ENDPOINT_COLUMNS) if any(row[i] != "-" for row in rows)]
     table = Table(title=f"{stack}: stage {outputs.get('stage')}", title_justify="left")
-    for col in ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint"):
-        table.add_column(col, no_wrap=col == "endpoint")
-    for name, v in (outputs.get("variants") or {}).items():
-        table.add_row(name, str(v.get("format")), f"{v.get('weight_percent')}%",
-                      str(v.get("replicas")), str(v.get("gpu") or "-"),
-                      str(v.get("instance_type") or "-"), str(v.get("endpoint") or "-"))
+    for i in shown:
+        name = _ENDPOINT_COLUMNS[i]
+        if name == "endpoint":
+            table.add_column(name, overflow="fold", min_width=len(name))
+        else:
+            widest = max(len(name), *(len(row[i]) for row in rows))
+            table.add_column(name, no_wrap=True, min_width=widest)
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
+    return table
+
+
+def _print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
     console = _console()
-    console.print(table)
+    console.print(endpoints_table(stack, outputs))
     if outputs.get("endpoint"):
         console.print(f"endpoint: {outputs['endpoint']}")
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_json_option
 @click.option("--markdown", is_flag=True, help="Print a pull-request comment (under 65,536 chars).")
 def preview(stack: str, as_json: bool, markdown: bool) -> None:
     """Show what `up` would change: per resource, then GPUs, memory and cost before -> after."""
-    from qinfra.deploy.engine import Engine
+    from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
-    _print_report(_preview_with_history(Engine(stack, backend=spec.backend), spec), as_json, markdown)
+    _print_report(_preview_with_deployed(Deployer(stack, backend=spec.backend), spec), as_json, markdown)
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_yes_option
 @_json_option
@@ -219,7 +213,7 @@ def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply:
         click.echo(diff.rstrip("\n") if diff else f"{spec.path} already says so")
     if no_apply:
         if as_json:
-            _echo_json({"stack": stack, "diff": diff, "applied": False})
+            echo_json({"stack": stack, "diff": diff, "applied": False})
         elif diff:
             click.echo("left for review: commit the stack file and let `pulumi preview` show the "
                        "change in the pull request")
@@ -227,7 +221,7 @@ def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply:
     _apply(load_stack(stack), yes, as_json)
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_yes_option
 @click.option("--no-apply", is_flag=True, help="Only rewrite the stack file (for a pull request).")
@@ -243,7 +237,7 @@ def rollback(stack: str, yes: bool, no_apply: bool, as_json: bool) -> None:
     _edit_and_apply(stack, rollback_edit().updates(), yes, no_apply, as_json)
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @click.option("--percent", type=click.IntRange(0, 100), required=True,
               help="Quantized traffic share: 0 baseline_only, 1-99 ab_test/gradual, 100 full.")
@@ -255,25 +249,25 @@ def rollback(stack: str, yes: bool, no_apply: bool, as_json: bool) -> None:
 def rollout(stack: str, percent: int, stage: str | None, yes: bool, no_apply: bool,
             as_json: bool) -> None:
     """Move the quantized variant's traffic share: rewrite the stack file, preview, apply."""
-    from qinfra.deploy.rollout import rollout as rollout_edit
     from qinfra.core.spec import Stage, load_stack
+    from qinfra.deploy.rollout import rollout as rollout_edit
 
     edit = rollout_edit(load_stack(stack), percent, Stage(stage) if stage else None)
     _edit_and_apply(stack, edit.updates(), yes, no_apply, as_json)
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_json_option
 def status(stack: str, as_json: bool) -> None:
     """The stack's outputs: stage, and per variant its traffic, replicas and endpoint."""
-    from qinfra.deploy.engine import Engine
+    from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
-    outputs = Engine(stack, backend=spec.backend).outputs()
+    outputs = Deployer(stack, backend=spec.backend).outputs()
     health = _health(outputs)
     if as_json:
-        _echo_json({"stack": stack, "outputs": outputs, "health": health})
+        echo_json({"stack": stack, "outputs": outputs, "health": health})
     elif not outputs:
         click.echo(f"stack {stack} has nothing deployed; run `qinfra up --stack {stack}`")
     else:
@@ -301,44 +295,44 @@ def _health(outputs: dict[str, Any]) -> dict[str, str]:
         return dict(zip(endpoints, pool.map(probe, endpoints.values()), strict=True))
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_json_option
 def history(stack: str, as_json: bool) -> None:
-    """Every update of the stack, newest first, with its stage, weights and artifact URIs."""
-    from qinfra.deploy.engine import Engine
+    """Every update of the stack, newest first, with its stage, traffic and artifact URIs."""
+    from qinfra.deploy.engine import Deployer
     from qinfra.deploy.history import entries
 
     spec = _load(stack)
-    rows = entries(stack, Engine(stack, backend=spec.backend).history())
+    rows = entries(stack, Deployer(stack, backend=spec.backend).history())
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     from rich.table import Table
 
     table = Table(title=f"{stack}: history", title_justify="left")
-    for col in ("version", "kind", "result", "started", "stage", "weights", "artifacts"):
+    for col in ("version", "kind", "result", "started", "stage", "traffic", "artifacts"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        w = row["weights"] or {}
+        w = row["traffic_percent"] or {}
         table.add_row(str(row["version"]), row["kind"], row["result"], row["start_time"],
                       str(row["stage"]), " / ".join(f"{k} {v}%" for k, v in w.items()),
                       "\n".join(f"{k}: {v}" for k, v in (row["artifacts"] or {}).items()))
     _console().print(table)
 
 
-@click.command()
+@click.command(cls=Command)
 @_stack_option
 @_yes_option
 def destroy(stack: str, yes: bool) -> None:
     """Stop and delete everything the stack runs; artifacts in the store are kept."""
-    from qinfra.deploy.engine import Engine
+    from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
     _confirm(yes, f"Destroy every resource of stack {stack}?")
-    outcome = Engine(stack, backend=spec.backend).destroy()
+    outcome = Deployer(stack, backend=spec.backend).destroy()
     click.echo(f"destroyed: {outcome.summary.get('delete', 0)} resources")
 
 
 COMMANDS = (preview, up, rollback, rollout, status, history, destroy)
-__all__ = ["COMMANDS", "EngineError"]
+__all__ = ["COMMANDS", "DeployError"]

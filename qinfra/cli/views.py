@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from qinfra.planning.planner import GIB, EnginePlan
@@ -22,7 +23,7 @@ def engine_plan_dict(plan: EnginePlan) -> dict[str, Any]:
         "compute_capability": plan.compute_capability,
         "tensor_parallel_size": plan.tensor_parallel_size,
         "max_model_len": plan.max_model_len,
-        "weights_gib": _gib(plan.weights_bytes),
+        "weights_gib": _gib(plan.weight_bytes),
         "kv_bytes_per_token": plan.kv_bytes_per_token,
         "overhead_gib": _gib(plan.overhead_bytes),
         "kv_cache_gib": _gib(plan.kv_cache_bytes),
@@ -36,7 +37,7 @@ def engine_plan_dict(plan: EnginePlan) -> dict[str, Any]:
              "note": t.note}
             for t in plan.terms
         ],
-        "flags": dict(plan.flags),
+        "flags": asdict(plan.flags),
     }
 
 
@@ -47,17 +48,17 @@ def fleet_option_dict(option: FleetOption) -> dict[str, Any]:
         "tensor_parallel_size": option.tensor_parallel_size,
         "replicas_per_gpu": option.replicas_per_gpu,
         "sequences_per_engine": option.sequences_per_engine,
-        "engines": option.engines,
+        "engines": option.engines_total,
         "machines": option.machines,
         "gpus_total": option.gpus_total,
         "usd_per_hour": option.usd_per_hour,
-        "plan": engine_plan_dict(option.engine),
+        "plan": engine_plan_dict(option.engine_plan),
     }
 
 
 def variant_plan_dict(variant: VariantPlan) -> dict[str, Any]:
     return {
-        "share_percent": variant.share_percent,
+        "share_percent": variant.sized_for_percent,
         "required_concurrency": variant.required_concurrency,
         "why": variant.why,
         "chosen": fleet_option_dict(variant.chosen) if variant.chosen else None,
@@ -74,9 +75,7 @@ def stack_plan_dict(plan: StackPlan) -> dict[str, Any]:
         "stage": plan.stage.value,
         "quantized_percent": plan.quantized_percent,
         "fits": plan.fits,
-        "usd_per_hour": round(
-            sum(v.chosen.usd_per_hour for v in plan.variants if v.chosen), 4
-        ),
+        "usd_per_hour": plan.usd_per_hour,
         "price_note": plan.price_note,
         "variants": {v.name: variant_plan_dict(v) for v in plan.variants},
     }
@@ -126,21 +125,21 @@ def print_stack_plan(console: Any, plan: StackPlan) -> None:
                            else "left")
     for v in plan.variants:
         c = v.chosen
-        fmt = c.engine.format.value if c else "-"
+        fmt = c.engine_plan.format.value if c else "-"
         if c is None:
-            summary.add_row(v.name, fmt, f"{v.share_percent}%", str(v.required_concurrency),
+            summary.add_row(v.name, fmt, f"{v.sized_for_percent}%", str(v.required_concurrency),
                             "[red]no fit[/]", "", "", "", "", "", "")
             continue
-        summary.add_row(v.name, fmt, f"{v.share_percent}%", str(v.required_concurrency), c.gpu,
+        summary.add_row(v.name, fmt, f"{v.sized_for_percent}%", str(v.required_concurrency), c.gpu,
                         c.instance_type or "local", str(c.tensor_parallel_size),
-                        str(c.replicas_per_gpu), str(c.engines), str(c.machines),
+                        str(c.replicas_per_gpu), str(c.engines_total), str(c.machines),
                         f"{c.usd_per_hour:.2f}")
     console.print(summary)
     console.print(f"[dim]{plan.price_note}[/]")
     for v in plan.variants:
         console.print(f"\n[bold]{v.name}[/]: {v.why}")
         if v.chosen:
-            print_engine_plan(console, v.chosen.engine)
+            print_engine_plan(console, v.chosen.engine_plan)
         for reason in v.refused[:6]:
             console.print(f"  [dim]refused[/] {reason}")
         if len(v.refused) > 6:
@@ -148,7 +147,8 @@ def print_stack_plan(console: Any, plan: StackPlan) -> None:
 
 
 def _print_flags(console: Any, plan: EnginePlan) -> None:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in plan.flags.items() if v is not None)
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(plan.flags).items()
+                     if v is not None)
     console.print(f"[dim]engine flags:[/] {flags}")
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
+
+from qinfra.core.fileio import replacing
 
 # K-quants (Q4_K, Q6_K, ...) pack rows in super-blocks of 256 values; llama-quantize falls back to
 # a legacy type for a tensor whose row length is not a multiple of this
@@ -97,9 +97,7 @@ def write_demo_model(path: Path, *, seed: int = 0, facts: DemoModelFacts = DEMO_
     written beside `path` and renamed into place, so an interrupted run leaves no partial model.
     """
     path = Path(path)
-    # not mkstemp: its 0600 mode would survive the rename; this name is unique and umask applies
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with replacing(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         _add_metadata(writer, facts)
         _add_tokenizer(writer, facts)
@@ -109,9 +107,6 @@ def write_demo_model(path: Path, *, seed: int = 0, facts: DemoModelFacts = DEMO_
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return facts
 
 

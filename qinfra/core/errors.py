@@ -1,17 +1,33 @@
-"""One error root for everything qinfra reports to a user, each kind with its exit code."""
+"""One error root for everything qinfra reports to a user, each kind with its exit code.
+
+The root is a plain Exception so that core and planning import no CLI framework; the CLI
+(`qinfra.cli.main`) maps these errors to `Error: ...` lines and exit codes in one place.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
 
-import click
 
+class QinfraError(Exception):
+    """A failure the user can act on: the message says what failed and how to fix it.
 
-class QinfraError(click.ClickException):
-    """A failure the user can act on; click prints it as `Error: ...` and exits with exit_code."""
+    `exit_code` is what the CLI exits with (1 runtime, 2 usage, as click does).
+    """
 
-    exit_code = 1
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def format_message(self) -> str:
+        """The text after `Error: `; a method so callers format apart from printing."""
+        return self.message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class SpecError(QinfraError):
@@ -36,8 +52,12 @@ class ArtifactError(QinfraError):
     """An artifact that cannot be fetched, hashed, pushed or verified."""
 
 
-class EngineError(QinfraError):
-    """A Pulumi engine operation that failed."""
+class RenderError(QinfraError):
+    """Launch files that cannot be rendered from this stack and plan; nothing was written."""
+
+
+class DeployError(QinfraError):
+    """A Pulumi operation (preview, up, destroy, a state read) or its preflight that failed."""
 
 
 def suggest(value: str, allowed: Iterable[str]) -> str:

@@ -8,6 +8,15 @@ from enum import StrEnum
 from functools import cache
 from importlib import resources
 
+VLLM_VERSION = "0.33.0"
+"""The vLLM release the planner's defaults and the rendered flags are taken from."""
+
+# vllm/config/cache.py of the pinned wheel: `gpu_memory_utilization: float = Field(default=0.92,
+# ...)` (older releases, and serving-memory.md's note, say 0.9). The one default of the stack
+# key qinfra:serving.gpu_memory_utilization and of the ad-hoc `qinfra plan --model`, so both
+# paths plan what `vllm serve` does with no flag; tests/test_vllm_flags.py reads it from the wheel.
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+
 
 class Engine(StrEnum):
     VLLM = "vllm"
@@ -100,9 +109,20 @@ def format_info(fmt: Format | str) -> FormatInfo:
     return format_table()[Format(fmt)]
 
 
+def engine_loads(engine: Engine, fmt: Format) -> bool:
+    """The one engine-loads-format rule (formats.toml `engines`); the stack schema, the planner
+    and the render all ask it, each with its own message."""
+    return engine in format_info(fmt).engines
+
+
+def formats_loaded_by(engine: Engine) -> tuple[Format, ...]:
+    """Every format `engine` loads, in the Format enum's order."""
+    return tuple(fmt for fmt in Format if engine_loads(engine, fmt))
+
+
 def _runs(info: FormatInfo, engine: Engine, cc: float | None) -> bool:
     """True when engine loads the format at full speed on a GPU of capability cc (None: CPU)."""
-    if engine not in info.engines:
+    if not engine_loads(engine, info.format):
         return False
     if engine is Engine.LLAMA_CPP:
         return True
@@ -136,7 +156,7 @@ def check_compatibility(fmt: Format, engine: Engine, cc: float | None, gpu: str 
     """Can `engine` serve `fmt` on a GPU of compute capability `cc` (None: on CPU)?"""
     info = format_info(fmt)
     where = f"{gpu} (compute capability {cc})" if cc is not None else "CPU"
-    if engine not in info.engines:
+    if not engine_loads(engine, fmt):
         if info.is_gguf:
             why = (
                 f"{engine} does not load GGUF ({fmt}): vLLM's GGUF support is experimental and "

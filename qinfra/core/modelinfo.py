@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from qinfra.core.errors import ModelInfoError
-from qinfra.core.hub import hub_errors
+from qinfra.core.hub import hub_file, is_hub_id
 
 DEMO_MODEL_ID = "qinfra-demo"
 """The built-in tiny llama (qinfra.core.demomodel) that the `local` stack serves with no download."""
@@ -231,10 +234,49 @@ def _from_gguf(path: Path) -> ModelInfo:
     )
 
 
-def load(model_id: str, revision: str = "main") -> ModelInfo:
-    """Facts for a local directory or file, the built-in demo model, or a hub id at a revision.
+@dataclass(frozen=True)
+class ShippedModel:
+    """config.json facts shipped with qinfra (data/models/*.json), read at a pinned hub commit."""
 
-    Only config.json is downloaded; HF_TOKEN and HF_HUB_OFFLINE are honoured by huggingface-hub.
+    source: str  # hub id
+    revision: str  # the hub commit the facts were read at
+    aliases: tuple[str, ...]
+    config: Mapping[str, Any]
+
+    def matches(self, revision: str) -> bool:
+        """Facts stand for the default branch and for the commit they were read at."""
+        return revision in ("main", self.revision)
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@functools.cache
+def shipped_models() -> dict[str, ShippedModel]:
+    """Shipped facts by lower-cased hub id and alias (the hub resolves ids case-insensitively)."""
+    folder = resources.files("qinfra.core.data").joinpath("models")
+    out: dict[str, ShippedModel] = {}
+    for item in sorted(folder.iterdir(), key=lambda f: f.name):
+        if not item.name.endswith(".json"):
+            continue
+        raw = json.loads(item.read_text())
+        model = ShippedModel(source=raw["source"], revision=raw["revision"],
+                             aliases=tuple(raw.get("aliases", ())), config=raw["config"])
+        if not _COMMIT.fullmatch(model.revision):
+            raise ModelInfoError(f"shipped {item.name}: revision must be a 40-hex hub commit")
+        for key in (model.source, *model.aliases):
+            if key.lower() in out:
+                raise ModelInfoError(f"shipped {item.name}: '{key}' is listed twice")
+            out[key.lower()] = model
+    return out
+
+
+def load(model_id: str, revision: str = "main") -> ModelInfo:
+    """Facts for the built-in demo model, a local directory or file, the shipped facts of a hub
+    id (at "main" or their pinned commit), or else the hub's config.json at `revision`.
+
+    Only config.json is downloaded, after one short reachability request (hub.hub_file), so an
+    unreachable hub fails in seconds; HF_TOKEN and HF_HUB_OFFLINE are honoured.
     """
     if model_id == DEMO_MODEL_ID:
         from qinfra.core.demomodel import demo_config_json
@@ -250,15 +292,12 @@ def load(model_id: str, revision: str = "main") -> ModelInfo:
         if path.suffix == ".gguf":
             return _from_gguf(path)
         return from_config(_read_json(path), name=model_id)
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
+    if not is_hub_id(model_id):
         raise ModelInfoError(
             f"model '{model_id}' is neither an existing path nor a hub id of the form owner/name"
         )
-    return from_config(_read_json(_hub_config(model_id, revision)), name=model_id)
-
-
-def _hub_config(repo_id: str, revision: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    with hub_errors(repo_id, revision, ModelInfoError, "config.json"):
-        return Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    shipped = shipped_models().get(model_id.lower())
+    if shipped is not None and shipped.matches(revision):
+        return from_config(shipped.config, name=model_id)
+    return from_config(_read_json(hub_file(model_id, "config.json", revision, ModelInfoError)),
+                       name=model_id)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from enum import StrEnum
+from collections.abc import Collection, Mapping, Sequence
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qinfra.core.artifact_uri import parse_artifact_uri, parse_store_uri
 from qinfra.core.errors import SpecError, suggest
-from qinfra.core.formats import Engine, Format, FormatKind, format_info
+from qinfra.core.formats import (
+    VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
+    Engine,
+    Format,
+    FormatKind,
+    engine_loads,
+    format_info,
+    formats_loaded_by,
+)
 
 NAMESPACE = "qinfra"
 STACKS_DIR_ENV = "QINFRA_STACKS_DIR"
@@ -42,6 +51,14 @@ class Variant(StrEnum):
     def kind(self) -> FormatKind:
         """The format kind this variant must use (formats.toml's `kind`)."""
         return FormatKind(self.value)
+
+
+def traffic_percent(stage: Stage, quantized_percent: int) -> dict[Variant, int]:
+    """Each variant's share of live traffic: the rollout's quantized share (none while the stage
+    is baseline_only or rollback), the rest to the baseline. Targets, history and the planner's
+    fleet shares all read this one rule."""
+    quantized = 0 if stage in (Stage.ROLLBACK, Stage.BASELINE_ONLY) else quantized_percent
+    return {Variant.BASELINE: 100 - quantized, Variant.QUANTIZED: quantized}
 
 
 class KvCacheDtype(StrEnum):
@@ -80,11 +97,7 @@ class ArtifactsSpec(_Model):
     @field_validator("store")
     @classmethod
     def _store_uri(cls, v: str) -> str:
-        if v.startswith("s3://") and len(v) > len("s3://") and not v.startswith("s3:///"):
-            return v.rstrip("/")
-        if v.startswith("file:///"):
-            return v.rstrip("/")
-        raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path")
+        return parse_store_uri(v)
 
 
 class VariantSpec(_Model):
@@ -98,11 +111,8 @@ class VariantSpec(_Model):
     @field_validator("artifact")
     @classmethod
     def _artifact_uri(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        last = v.rstrip("/").rsplit("/", 1)[-1]
-        if not v.startswith(("s3://", "file:///")) or not last.startswith("sha256-"):
-            raise ValueError("must be <store>/sha256-<hex>/ as written by `qinfra artifacts push`")
+        if v is not None:
+            parse_artifact_uri(v)  # ValueError: pydantic reports the key, the value and the shape
         return v
 
 
@@ -135,13 +145,19 @@ class ServingSpec(_Model):
                                "output tokens) every replica must accept.")
     concurrency: int = Field(ge=1, le=1_000_000, description="Sequences at max_model_len the "
                              "whole fleet must hold at once.")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=0.99, description="vLLM's share of "
+    gpu_memory_utilization: float = Field(VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0.0, le=0.99,
+                                          description="vLLM's share of "
                                           "each GPU's total memory.")
     kv_cache_dtype: KvCacheDtype = Field(KvCacheDtype.AUTO, description="auto (model dtype) or "
                                          "fp8 (1 byte per element).")
     max_num_batched_tokens: int | None = Field(None, ge=16, description="vLLM's prefill chunk; "
                                                "default by GPU class as vLLM does.")
     port: int = Field(8000, ge=1, le=65535, description="Port the engine listens on.")
+
+    def local_port(self, variant: Variant) -> int:
+        """Where a variant listens when both share one host (target local): the baseline on
+        `port`, the quantized variant on the next one."""
+        return self.port + list(Variant).index(variant)
 
 
 class CpuSpec(_Model):
@@ -180,6 +196,10 @@ class RolloutSpec(_Model):
     quantized_percent: Annotated[int, Field(ge=0, le=100)] = Field(
         description="Share of traffic sent to the quantized variant."
     )
+
+    def traffic_percent(self) -> dict[Variant, int]:
+        """Each variant's share of live traffic at this stage (see `traffic_percent`)."""
+        return traffic_percent(self.stage, self.quantized_percent)
 
     @model_validator(mode="after")
     def _stage_percent(self) -> RolloutSpec:
@@ -245,8 +265,8 @@ class StackSpec(_Model):
         engine = self.serving.engine
         for name, variant in self.variants.pairs():
             fmt = variant.format
-            if engine not in format_info(fmt).engines:
-                loads = [f.value for f in Format if engine in format_info(f).engines]
+            if not engine_loads(engine, fmt):
+                loads = [f.value for f in formats_loaded_by(engine)]
                 raise _FieldError(
                     ("variants", name, "format"),
                     fmt.value,
@@ -335,13 +355,29 @@ def _message(err: Any, value: Any) -> str:
         return f"unknown key (value {value!r})"
     if kind == "enum":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"got {value!r}; allowed: {expected}.{suggest(str(value), _enum_names(expected))}"
+        names = [m.value for m in enum] if (enum := _enum_at(err["loc"])) else []
+        return f"got {value!r}; allowed: {expected}.{suggest(str(value), names)}"
     text = err["msg"].removeprefix("Value error, ")
     return f"got {value!r}; {text[:1].lower()}{text[1:]}"
 
 
-def _enum_names(expected: str) -> list[str]:
-    return [part.strip(" '") for part in expected.replace(" or ", ",").split(",")]
+def _enum_at(loc: Sequence[str | int]) -> type[Enum] | None:
+    """The enum type of the field at `loc`, read from the schema's annotations (not the message)."""
+    node: Any = StackSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: _unwrap already took the element type
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
+            return None
+        node = _unwrap(node.model_fields[part].annotation)
+    return node if isinstance(node, type) and issubclass(node, Enum) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` and `list[X]` -> X; other shapes stay as they are."""
+    while len(args := [a for a in get_args(annotation) if a is not type(None)]) == 1:
+        annotation = args[0]
+    return annotation
 
 
 def _lookup(given: Any, loc: list[Any]) -> Any:
@@ -400,30 +436,23 @@ def load_stack(stack: str, directory: Path | None = None) -> StackSpec:
     return parse_config(doc["config"], stack, path)
 
 
-def parse_flat_config(flat: Mapping[str, Any], stack: str) -> StackSpec:
-    """Validate config as Pulumi stores it per update: objects as JSON text, scalars as text."""
-    return parse_config({k: _config_value(v) if isinstance(v, str) else v
-                         for k, v in flat.items()}, stack)
+def parse_program_config(flat: Mapping[str, str], secret_keys: Collection[str],
+                         stack: str) -> StackSpec:
+    """The same validation over the config the Pulumi program is handed (every value as text).
 
-
-def from_pulumi_config(stack: str) -> StackSpec:
-    """Inside the Pulumi program: the same validation over pulumi.Config's view of the stack."""
-    import pulumi
-    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
-
-    cfg = pulumi.Config(NAMESPACE)
+    `secret_keys` are the keys Pulumi marks secret. qinfra's own secrets never enter the spec in
+    plain text: the spec only learns that they are set (`PULUMI_HELD`), which decides what gets
+    rendered, and the program reads them with `pulumi.Config.get_secret` where they are used.
+    Other namespaces' keys (aws:region, kubernetes:namespace) feed the rendered files as in the
+    stack file, except their secrets, which are left out.
+    """
     raw: dict[str, Any] = {}
-    for key in _FIELDS:
-        text = cfg.get(key)
-        if text is None:
-            continue
-        # A secret is read with cfg.get_secret where it is used, never into the spec in plain
-        # text; the spec only learns that it is set, which decides what gets rendered.
-        raw[f"{NAMESPACE}:{key}"] = PULUMI_HELD if key in _SECRET_KEYS else _config_value(text)
-    # Other namespaces (aws:region, kubernetes:namespace) feed the rendered files, as in the file.
-    for key in sorted({*get_config_env(), *CONFIG.get()}):
-        if not key.startswith(f"{NAMESPACE}:") and not is_config_secret(key):
-            raw[key] = _config_value(str(get_config(key)))
+    for key in sorted(flat):
+        ns, _, sub = key.partition(":")
+        if ns == NAMESPACE and sub in _FIELDS:
+            raw[key] = PULUMI_HELD if sub in _SECRET_KEYS else _config_value(flat[key])
+        elif ns != NAMESPACE and key not in secret_keys:
+            raw[key] = _config_value(flat[key])
     return parse_config(raw, stack)
 
 
@@ -455,4 +484,5 @@ __all__ = [
     "VariantsSpec",
     "load_stack",
     "parse_config",
+    "parse_program_config",
 ]

@@ -1,8 +1,9 @@
 """The Pulumi engine through the Automation API: stacks over the project's own program, state on a
 file backend in the project (or PULUMI_BACKEND_URL), results as qinfra's own frozen types.
 
-Only this module touches pulumi.automation; failures map through one pattern table to EngineError
-with the last lines of the engine's output, and the full log goes to .qinfra/logs/.
+Only this module touches pulumi.automation. Every call goes through `Deployer._run` (operations
+that stream events) or `Deployer._read` (state reads); both map failures through one pattern table
+to DeployError with the last lines of the engine's output, and keep the full log in .qinfra/logs/.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from qinfra.core.errors import EngineError
+from qinfra.core.errors import DeployError
 from qinfra.deploy.processes import alive
 
 BACKEND_ENV = "PULUMI_BACKEND_URL"
@@ -65,7 +67,7 @@ class Project:
         package_root = Path(__file__).resolve().parents[2]
         if (package_root / "Pulumi.yaml").is_file():
             return cls(package_root)
-        raise EngineError(f"no Pulumi.yaml in {here} or above: run qinfra inside the project")
+        raise DeployError(f"no Pulumi.yaml in {here} or above: run qinfra inside the project")
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,51 @@ class Outcome:
     log: Path | None = None
 
 
+class UpdateKind(StrEnum):
+    """What a history entry did (Pulumi's apitype.UpdateKind); OTHER for kinds newer than this list."""
+
+    UPDATE = "update"
+    PREVIEW = "preview"
+    REFRESH = "refresh"
+    RENAME = "rename"
+    DESTROY = "destroy"
+    IMPORT = "import"
+    RESOURCE_IMPORT = "resource-import"
+    OTHER = "other"
+
+    @classmethod
+    def _missing_(cls, value: object) -> UpdateKind:
+        return cls.OTHER
+
+
+class UpdateResult(StrEnum):
+    """How a history entry ended (Pulumi's apitype.UpdateResult); OTHER for newer results."""
+
+    NOT_STARTED = "not-started"
+    IN_PROGRESS = "in-progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OTHER = "other"
+
+    @classmethod
+    def _missing_(cls, value: object) -> UpdateResult:
+        return cls.OTHER
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
-    version: int | None
-    kind: str
-    result: str
+    """One recorded operation of a stack; secret config values read `[secret]`."""
+
+    version: int
+    kind: UpdateKind
+    result: UpdateResult
     start_time: str
     end_time: str | None
     config: Mapping[str, Any]
     resource_changes: Mapping[str, int]
+
+
+SECRET = "[secret]"  # what the Pulumi CLI shows in place of a secret value
 
 
 # Engine output -> what to tell the user. First match wins; {0} is the matched text.
@@ -117,18 +155,20 @@ _FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def classify(text: str, log: Path | None) -> EngineError:
+def classify(text: str, log: Path | None) -> DeployError:
+    """The user's error for an engine failure: a known cause with its fix, else the last lines."""
     tail = "\n".join(line for line in text.strip().splitlines()[-12:])
     where = f"\nFull log: {log}" if log else ""
     for pattern, message in _FAILURES:
         match = pattern.search(text)
         if match:
-            return EngineError(message.format(match.group(0).strip()) + where)
-    return EngineError(f"the Pulumi engine failed; last lines:\n{tail}{where}")
+            return DeployError(message.format(match.group(0).strip()) + where)
+    return DeployError(f"the Pulumi engine failed; last lines:\n{tail}{where}")
 
 
-class Engine:
-    """One qinfra stack's Pulumi stack. Creates it on first use."""
+class Deployer:
+    """One qinfra stack's Pulumi stack: preview, up, destroy and the state reads. Creates the
+    stack on first use. (Named for what it does; `Engine` is the serving-engine enum.)"""
 
     def __init__(self, stack: str, project: Project | None = None,
                  env: Mapping[str, str] | None = None, backend: str | None = None):
@@ -167,28 +207,29 @@ class Engine:
         if tools.is_file():
             return auto.PulumiCommand(root=str(tools.parent.parent), skip_version_check=True)
         if shutil.which("pulumi") is None:
-            raise EngineError("no `pulumi` CLI: run scripts/setup.sh (it installs one into "
+            raise DeployError("no `pulumi` CLI: run scripts/setup.sh (it installs one into "
                               ".tools/pulumi/bin) or put yours on PATH")
         return auto.PulumiCommand(skip_version_check=True)
 
     def stack(self) -> Any:
+        """The Automation API stack, selected (or created) once per Deployer."""
         if self._stack is None:
-            from pulumi import automation as auto
-
             if self.project.backend_url.startswith("file://"):
                 Path(self.project.backend_url.removeprefix("file://")).mkdir(parents=True,
                                                                               exist_ok=True)
-            opts = auto.LocalWorkspaceOptions(
-                work_dir=str(self.project.root),
-                env_vars=self.env(),
-                pulumi_command=self._command(),
-            )
-            try:
-                self._stack = auto.create_or_select_stack(
-                    stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
-            except auto.CommandError as exc:
-                raise classify(str(exc), None) from None
+            self._stack = self._read("select", self._select)
         return self._stack
+
+    def _select(self) -> Any:
+        from pulumi import automation as auto
+
+        opts = auto.LocalWorkspaceOptions(
+            work_dir=str(self.project.root),
+            env_vars=self.env(),
+            pulumi_command=self._command(),
+        )
+        return auto.create_or_select_stack(
+            stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
 
     def _log_path(self, op: str) -> Path:
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +237,8 @@ class Engine:
 
     def _run(self, op: str, call: Callable[..., Any], on_event: Callable[[Any], None] | None,
              **kwargs: Any) -> tuple[Any, tuple[Change, ...], Path]:
+        """An operation that streams events: its resource steps collected, its output logged,
+        a stale lock of a dead process cleared once, failures classified."""
         from pulumi import automation as auto
 
         log = self._log_path(op)
@@ -247,6 +290,7 @@ class Engine:
     # -- operations -------------------------------------------------------------------------
 
     def preview(self, on_event: Callable[[Any], None] | None = None) -> Outcome:
+        """What `up` would change, with per-property diffs."""
         stack = self.stack()
         result, changes, log = self._run("preview", stack.preview, on_event, diff=True)
         return Outcome(changes=changes, summary=dict(result.change_summary or {}), log=log)
@@ -260,26 +304,53 @@ class Engine:
         return Outcome(changes=changes, summary=summary, outputs=outputs, log=log)
 
     def destroy(self, on_event: Callable[[Any], None] | None = None) -> Outcome:
+        """Delete every resource of the stack (resources marked retain_on_delete stay)."""
         stack = self.stack()
         result, changes, log = self._run("destroy", stack.destroy, on_event)
         return Outcome(changes=changes, summary=dict(result.summary.resource_changes or {}), log=log)
 
-    def outputs(self) -> dict[str, Any]:
-        return {k: v.value for k, v in self.stack().outputs().items()}
+    def outputs(self, mask_secrets: bool = False) -> dict[str, Any]:
+        """The stack outputs of the last update; {} when nothing is deployed. With `mask_secrets`,
+        a secret output reads `[secret]`."""
+        outputs = self._read("outputs", lambda: self.stack().outputs())
+        return {k: SECRET if mask_secrets and v.secret else v.value for k, v in outputs.items()}
 
     def history(self) -> list[HistoryEntry]:
-        entries = []
-        for h in self.stack().history():
-            entries.append(HistoryEntry(
-                version=h.version,
-                kind=str(h.kind),
-                result=str(h.result),
-                start_time=h.start_time.isoformat() if h.start_time else "",
-                end_time=h.end_time.isoformat() if h.end_time else None,
-                config={k: v.value for k, v in (h.config or {}).items()},
-                resource_changes=dict(h.resource_changes or {}),
-            ))
-        return entries
+        """Every recorded operation, newest first, failures included; secrets read `[secret]`."""
+        return history_entries(self._read("history", lambda: self.stack().history(show_secrets=False)))
+
+    def _read(self, op: str, call: Callable[[], Any]) -> Any:
+        """A state read through the same classifier as the operations; the CLI's own output
+        goes to a log file only when it fails."""
+        from pulumi import automation as auto
+
+        try:
+            return call()
+        except auto.CommandError as exc:
+            log = self._log_path(op)
+            log.write_text(str(exc))
+            raise classify(str(exc), log) from None
+
+
+def history_entries(summaries: Sequence[Any]) -> list[HistoryEntry]:
+    """Pulumi's update summaries (newest first) as qinfra's entries.
+
+    The file and s3 backends record no update number (Pulumi's diy backend writes 0), so an entry
+    without one is numbered by its place in the whole history, the oldest 1, as the Pulumi Cloud
+    numbers them.
+    """
+    return [
+        HistoryEntry(
+            version=h.version or len(summaries) - i,
+            kind=UpdateKind(str(h.kind)),
+            result=UpdateResult(str(h.result)),
+            start_time=h.start_time.isoformat() if h.start_time else "",
+            end_time=h.end_time.isoformat() if h.end_time else None,
+            config={k: SECRET if v.secret else v.value for k, v in (h.config or {}).items()},
+            resource_changes=dict(h.resource_changes or {}),
+        )
+        for i, h in enumerate(summaries)
+    ]
 
 
 def _change(meta: Any) -> Change:

@@ -1,5 +1,5 @@
-"""A stack's update history as rows: per update its stage, traffic weights and artifact URIs,
-read from the config the engine recorded with the update."""
+"""A stack's update history as rows: per update its number, stage, traffic shares and artifact
+URIs, read from the config the engine recorded with the update."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from qinfra.core.spec import Stage, traffic_percent
 from qinfra.deploy.engine import HistoryEntry
-from qinfra.planning.sizing import traffic_share
-from qinfra.core.spec import Stage
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -21,26 +20,34 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _traffic(rollout: dict[str, Any]) -> dict[str, int] | None:
+    """The traffic split the recorded rollout meant; None when the record is not one qinfra wrote."""
+    stage = rollout.get("stage")
+    try:
+        percent = int(rollout["quantized_percent"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if stage not in Stage.__members__.values():
+        return None
+    return {v.value: share for v, share in traffic_percent(Stage(stage), percent).items()}
+
+
 def entries(stack: str, history: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
+    """One JSON-ready row per recorded operation, in the engine's order (newest first)."""
     rows = []
     for h in history:
         rollout = _object(h.config.get("qinfra:rollout"))
         variants = _object(h.config.get("qinfra:variants"))
-        stage = rollout.get("stage")
-        weights = None
-        if stage in Stage.__members__.values() and "quantized_percent" in rollout:
-            quantized = traffic_share(Stage(stage), int(rollout["quantized_percent"]))["quantized"]
-            weights = {"baseline": 100 - quantized, "quantized": quantized}
         rows.append({
             "stack": stack,
             "version": h.version,
-            "kind": h.kind,
-            "result": h.result,
+            "kind": h.kind.value,
+            "result": h.result.value,
             "start_time": h.start_time,
             "end_time": h.end_time,
-            "stage": stage,
+            "stage": rollout.get("stage"),
             "quantized_percent": rollout.get("quantized_percent"),
-            "weights": weights,
+            "traffic_percent": _traffic(rollout),
             "artifacts": {name: (v or {}).get("artifact") for name, v in variants.items()},
             "resource_changes": dict(h.resource_changes),
         })

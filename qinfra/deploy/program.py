@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import pulumi
 
-from qinfra.core import modelinfo
 from qinfra.core.errors import NoFitError
-from qinfra.core.hardware import catalog
-from qinfra.serving.render import render_stack
-from qinfra.planning.sizing import plan_stack
-from qinfra.core.spec import from_pulumi_config
+from qinfra.core.spec import StackSpec, parse_program_config
+from qinfra.deploy.preview import PLAN_OUTPUT, plan_record
 from qinfra.deploy.targets import TARGETS, DeployInput
+from qinfra.planning.stack import plan_for
+from qinfra.serving.render import render_stack
 
 
 def main() -> None:
-    spec = from_pulumi_config(pulumi.get_stack())
-    model = modelinfo.load(spec.model.id, spec.model.revision)
-    plan = plan_stack(spec, model, catalog())
+    spec = stack_spec(pulumi.get_stack())
+    plan = plan_for(spec)
     if not plan.fits:
         missing = [f"{v.name}: {'; '.join(v.refused[:3])}" for v in plan.variants if v.chosen is None]
         raise NoFitError(f"stack {spec.name} does not fit its fleet: " + " | ".join(missing)
@@ -28,8 +26,23 @@ def main() -> None:
     deployed = TARGETS[spec.target]()(DeployInput(spec, plan, render_stack(spec, plan)))
     pulumi.export("variants", deployed.variants)
     pulumi.export("stage", spec.rollout.stage.value)
+    pulumi.export(PLAN_OUTPUT, plan_record(plan))  # what `qinfra preview` compares against
     if deployed.endpoint is not None:
         pulumi.export("endpoint", deployed.endpoint)
+
+
+def stack_spec(stack: str) -> StackSpec:
+    """The validated spec from the config Pulumi hands this program.
+
+    pulumi.Config reads one known key at a time, so the full key set (other namespaces included)
+    and which keys are secret come from the SDK's runtime config module; this is the one place
+    qinfra touches it.
+    """
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
+
+    keys = sorted({*get_config_env(), *CONFIG.get()})
+    flat = {key: str(value) for key in keys if (value := get_config(key)) is not None}
+    return parse_program_config(flat, {key for key in keys if is_config_secret(key)}, stack)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import difflib
 import io
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from qinfra.core.errors import SpecError
+from qinfra.core.fileio import write_atomic
 
 
 def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
@@ -54,7 +53,7 @@ def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
     after = out.getvalue()
     if after == before:
         return ""
-    _replace(path, after)
+    write_atomic(path, after)  # keeps the file's mode; an interrupt leaves old or new
     return "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True),
@@ -136,19 +135,3 @@ def _last_comment_slot(node: Any, create: bool = False) -> tuple[list[Any], int]
                 return None
             node.ca.items[key] = [None, None, None, None]
         return node.ca.items[key], slot
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write beside the file and rename over it: an interrupt leaves the old or the new file."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

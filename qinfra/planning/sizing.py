@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from qinfra.core.formats import Engine, Format
 from qinfra.core.hardware import Catalog, Gpu, InstanceType
 from qinfra.core.modelinfo import ModelInfo
-from qinfra.planning.planner import GIB, EngineOptions, EnginePlan, plan_engine
-from qinfra.core.spec import StackSpec, Stage, Target
+from qinfra.core.spec import StackSpec, Stage, Target, Variant, traffic_percent
+from qinfra.planning.engine_plan import GIB, EngineOptions, EnginePlan
+from qinfra.planning.planner import plan_engine
 
 TP_SIZES = (1, 2, 4, 8)
 # Several engine instances share one GPU only when each keeps at least half of its slice of the
@@ -27,9 +28,9 @@ class FleetOption:
     instance_type: str | None
     tensor_parallel_size: int
     replicas_per_gpu: int
-    engine: EnginePlan
+    engine_plan: EnginePlan
     sequences_per_engine: int
-    engines: int  # engine instances running: machines x engines per machine
+    engines_total: int  # engine instances running: machines x engines per machine
     machines: int
     gpus_total: int
     usd_per_hour: float
@@ -38,18 +39,21 @@ class FleetOption:
     @property
     def rank(self) -> tuple[float, int, str, str]:
         """Cheapest first; a zero-replica variant ranks by what one machine would cost."""
-        cost = self.usd_per_hour if self.engines else self.machine_usd_per_hour
+        cost = self.usd_per_hour if self.engines_total else self.machine_usd_per_hour
         return (cost, self.gpus_total, self.instance_type or "", self.gpu)
 
     @property
     def fits(self) -> bool:
-        return self.engine.fits
+        return self.engine_plan.fits
 
 
 @dataclass(frozen=True)
 class VariantPlan:
-    name: str
-    share_percent: int
+    """One variant's fleet: sized for `sized_for_percent` of the stack's concurrency (the
+    baseline always for 100, so a rollback never waits), the cheapest fitting option chosen."""
+
+    name: Variant
+    sized_for_percent: int
     required_concurrency: int
     chosen: FleetOption | None
     options: tuple[FleetOption, ...]
@@ -71,22 +75,25 @@ class StackPlan:
     def fits(self) -> bool:
         return all(v.chosen is not None for v in self.variants)
 
-    def variant(self, name: str) -> VariantPlan:
+    @property
+    def usd_per_hour(self) -> float:
+        """What the chosen fleets cost together (a variant that does not fit adds nothing)."""
+        return round(sum(v.chosen.usd_per_hour for v in self.variants if v.chosen), 4)
+
+    def variant(self, name: Variant | str) -> VariantPlan:
         return next(v for v in self.variants if v.name == name)
 
 
-def traffic_share(stage: Stage, quantized_percent: int) -> dict[str, int]:
+def sized_for_percent(stage: Stage, quantized_percent: int) -> dict[Variant, int]:
     """The share each variant's fleet is sized for. The baseline is always sized for all traffic
     so that a rollback never waits for capacity; the quantized share is the rollout's."""
-    quantized = 0 if stage in (Stage.ROLLBACK, Stage.BASELINE_ONLY) else quantized_percent
-    return {"baseline": 100, "quantized": quantized}
+    quantized = traffic_percent(stage, quantized_percent)[Variant.QUANTIZED]
+    return {Variant.BASELINE: 100, Variant.QUANTIZED: quantized}
 
 
 def plan_stack(spec: StackSpec, model: ModelInfo, catalog: Catalog) -> StackPlan:
-    shares = traffic_share(spec.rollout.stage, spec.rollout.quantized_percent)
-    variants = tuple(
-        _plan_variant(spec, model, catalog, name, shares[name]) for name in ("baseline", "quantized")
-    )
+    shares = sized_for_percent(spec.rollout.stage, spec.rollout.quantized_percent)
+    variants = tuple(_plan_variant(spec, model, catalog, v, shares[v]) for v in Variant)
     return StackPlan(
         stack=spec.name,
         model=spec.model.id,
@@ -99,16 +106,16 @@ def plan_stack(spec: StackSpec, model: ModelInfo, catalog: Catalog) -> StackPlan
 
 
 def _plan_variant(
-    spec: StackSpec, model: ModelInfo, catalog: Catalog, name: str, share: int
+    spec: StackSpec, model: ModelInfo, catalog: Catalog, name: Variant, share: int
 ) -> VariantPlan:
-    fmt = getattr(spec.variants, name).format
+    fmt = spec.variants.of(name).format
     required = math.ceil(spec.serving.concurrency * share / 100)
     options: list[FleetOption] = []
     refused: list[str] = []
     if spec.fleet.cpu is not None:
         option = _cpu_option(spec, model, fmt, required)
         (options if option.fits else refused).append(
-            option if option.fits else f"cpu: {'; '.join(option.engine.errors)}"
+            option if option.fits else f"cpu: {'; '.join(option.engine_plan.errors)}"
         )
     for gpu_name in spec.fleet.gpus:
         gpu = catalog.gpu(gpu_name)
@@ -117,12 +124,13 @@ def _plan_variant(
             if option.fits:
                 options.append(option)
             else:
-                refused.append(f"{gpu_name} on {itype.name}: {'; '.join(option.engine.errors)}")
+                refused.append(f"{gpu_name} on {itype.name}: "
+                               f"{'; '.join(option.engine_plan.errors)}")
     options.sort(key=lambda o: o.rank)
     chosen = options[0] if options else None
     return VariantPlan(
         name=name,
-        share_percent=share,
+        sized_for_percent=share,
         required_concurrency=required,
         chosen=chosen,
         options=tuple(options),
@@ -131,13 +139,13 @@ def _plan_variant(
     )
 
 
-def _why(chosen: FleetOption | None, required: int, share: int, name: str) -> str:
+def _why(chosen: FleetOption | None, required: int, share: int, name: Variant) -> str:
     if chosen is None:
         return "no allowed GPU or instance type fits; see refused"
     if required == 0:
         return (f"{share}% of traffic: kept at zero replicas with the flags of "
                 f"{chosen.instance_type or chosen.gpu} so rolling forward is fast")
-    sized = "all traffic (the baseline takes 100% on rollback)" if name == "baseline" else (
+    sized = "all traffic (the baseline takes 100% on rollback)" if name is Variant.BASELINE else (
         f"{share}% of traffic")
     return (f"sized for {sized}: {required} sequences at max_model_len, "
             f"{chosen.sequences_per_engine} per engine; cheapest of the fitting options")
@@ -151,7 +159,7 @@ def _options(spec: StackSpec, tp: int, threads: int | None = None, util: float |
         tensor_parallel_size=tp,
         max_model_len=s.max_model_len,
         gpu_memory_utilization=util or s.gpu_memory_utilization,
-        kv_cache_dtype=s.kv_cache_dtype.value,
+        kv_cache_dtype=s.kv_cache_dtype,
         max_num_batched_tokens=s.max_num_batched_tokens,
         parallel=parallel,
         threads=threads,
@@ -174,7 +182,7 @@ def _gpu_option(
     if replicas > 1:
         util = spec.serving.gpu_memory_utilization / replicas
         plan = plan_engine(model, fmt, gpu, _options(spec, 1, util=round(util, 4)))
-    seqs = min(int(plan.max_concurrency), int(plan.flags["max_num_seqs"]))  # type: ignore[call-overload]
+    seqs = min(int(plan.max_concurrency), plan.flags.max_sequences)
     tp = plan.tensor_parallel_size
     per_machine = (itype.gpus // tp) * replicas
     return _priced(gpu.name, itype, tp, replicas, plan, seqs, required, per_machine)
@@ -187,7 +195,7 @@ def _replicas_per_gpu(
     weights and overheads stay within half of its slice."""
     if plan.tensor_parallel_size != 1 or spec.target is not Target.AWS:
         return 1  # Kubernetes schedules whole GPUs per pod; locally there is one engine each
-    fixed = plan.weights_bytes + plan.overhead_bytes
+    fixed = plan.weight_bytes + plan.overhead_bytes
     slice_bytes = gpu.memory_gib * spec.serving.gpu_memory_utilization * GIB
     best = 1
     for k in range(2, MAX_REPLICAS_PER_GPU + 1):
@@ -217,8 +225,8 @@ def _cpu_option(spec: StackSpec, model: ModelInfo, fmt: Format, required: int) -
                        parallel=max(1, required)), host_memory_gib=cpu.memory_gib)
     engines = 1 if required else 0
     return FleetOption(
-        gpu="cpu", instance_type=None, tensor_parallel_size=1, replicas_per_gpu=1, engine=plan,
-        sequences_per_engine=int(plan.max_concurrency), engines=engines, machines=engines,
+        gpu="cpu", instance_type=None, tensor_parallel_size=1, replicas_per_gpu=1, engine_plan=plan,
+        sequences_per_engine=int(plan.max_concurrency), engines_total=engines, machines=engines,
         gpus_total=0, usd_per_hour=0.0, machine_usd_per_hour=0.0,
     )
 
@@ -233,9 +241,9 @@ def _priced(gpu: str, itype: InstanceType, tp: int, replicas: int, plan: EngineP
         instance_type=itype.name,
         tensor_parallel_size=tp,
         replicas_per_gpu=replicas,
-        engine=plan,
+        engine_plan=plan,
         sequences_per_engine=seqs,
-        engines=engines,
+        engines_total=engines,
         machines=machines,
         gpus_total=machines * itype.gpus,
         usd_per_hour=round(machines * itype.usd_per_hour, 4),

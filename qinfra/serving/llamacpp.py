@@ -6,12 +6,12 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
 from qinfra.core.errors import ArtifactError
+from qinfra.core.fileio import replacing
 
 SERVER = "llama-server"
 QUANTIZE = "llama-quantize"
@@ -84,14 +84,9 @@ def quantize(src: Path, dst: Path, gguf_type: str) -> QuantizeRecipe:
         raise ArtifactError(f"cannot quantize {src}: no such file. To fix: build the baseline first.")
     tool = find_binary(QUANTIZE)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its 0600 mode would survive the rename; this name is unique and umask applies
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with replacing(dst) as tmp:
         argv = [str(tool), str(src), str(tmp), gguf_type]
         result = _run(argv, what=f"{QUANTIZE} {src.name} -> {gguf_type}")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     version = _describe_build(tool, result.stdout + result.stderr)
     return QuantizeRecipe(tool=QUANTIZE, version=version, type=gguf_type.upper())
 

@@ -3,42 +3,42 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import tempfile
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
-from qinfra.serving.render_context import (
+from qinfra.core.errors import RenderError
+from qinfra.core.fileio import write_atomic
+from qinfra.core.spec import StackSpec, Target, Variant
+from qinfra.planning.sizing import StackPlan
+from qinfra.serving.contexts import (
     LLAMA_CPP_BUILD,
     PROBE_PERIOD_S,
-    VARIANTS,
     VLLM_IMAGE,
     ArtifactContext,
     ArtifactUnitContext,
     EmbeddedFile,
     LaunchInputs,
     MachineContext,
-    RenderError,
-    Variant,
+    bin_path,
+    template_values,
+)
+from qinfra.serving.kube import kube_context
+from qinfra.serving.launch import (
+    VariantRender,
     api_key_context,
     artifact_context,
-    bin_path,
     check_variant,
     engine_instances,
     fetch_timeout_s,
-    kube_context,
     launch_context,
     launch_template,
     local_model_path,
-    template_values,
     unit_context,
 )
-from qinfra.planning.sizing import StackPlan
-from qinfra.core.spec import StackSpec, Target
 
 # EC2 refuses user data over 16 KB (EC2 User Guide, "Run commands when you launch an instance").
 USER_DATA_MAX_BYTES = 16 * 1024
@@ -80,7 +80,7 @@ def render_template(env: jinja2.Environment, name: str, context: object, variant
     except jinja2.UndefinedError as exc:
         raise RenderError(
             f"variant '{variant}': template {name} uses a value its context does not define: "
-            f"{exc.message}. To fix: add the field to the context in qinfra/render_context.py or "
+            f"{exc.message}. To fix: add the field to the context in qinfra/serving/contexts.py or "
             "correct the template"
         ) from None
     except jinja2.TemplateNotFound as exc:
@@ -103,10 +103,10 @@ def _etc(env: jinja2.Environment, template: str, ctx: object, variant: str, path
 # --- targets -------------------------------------------------------------------------------------
 
 
-def _render_local(env: jinja2.Environment, v: Variant) -> _Rendered:
+def _render_local(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     """Launch and warm-up scripts for this machine, each variant on its own loopback port."""
     launch = launch_context(v, model_path=local_model_path(v), host=v.inputs.host or "127.0.0.1",
-                            port=v.inputs.port or v.spec.serving.port + v.index)
+                            port=v.inputs.port or v.spec.serving.local_port(v.name))
     template, script = launch_template(v.engine)
     return {
         Path(v.name, script): render_template(env, template, launch, v.name),
@@ -114,7 +114,7 @@ def _render_local(env: jinja2.Environment, v: Variant) -> _Rendered:
     }
 
 
-def _render_aws(env: jinja2.Environment, v: Variant) -> _Rendered:
+def _render_aws(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     """cloud-init user-data: fetch and verify the artifact, then the machine's engines as
     instances of one systemd template unit, each with its port and GPUs in a small env file."""
     artifact = artifact_context(v, need_s3=True)
@@ -155,7 +155,7 @@ def _render_aws(env: jinja2.Environment, v: Variant) -> _Rendered:
     return {Path(v.name, "user-data.yaml"): text}
 
 
-def _render_kubernetes(env: jinja2.Environment, v: Variant) -> _Rendered:
+def _render_kubernetes(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     """ConfigMap (the same scripts the machines get), Deployment, Service, PodDisruptionBudget."""
     artifact = artifact_context(v, need_s3=True)
     launch = launch_context(v, model_path=v.inputs.model_path or artifact.directory,
@@ -173,7 +173,7 @@ def _render_kubernetes(env: jinja2.Environment, v: Variant) -> _Rendered:
     }
 
 
-_TARGETS: dict[Target, Callable[[jinja2.Environment, Variant], _Rendered]] = {
+_TARGETS: dict[Target, Callable[[jinja2.Environment, VariantRender], _Rendered]] = {
     Target.LOCAL: _render_local,
     Target.AWS: _render_aws,
     Target.KUBERNETES: _render_kubernetes,
@@ -197,13 +197,13 @@ def render_stack(
     not match the spec, a format the engine cannot load, or a template value that is undefined.
     """
     inputs = inputs or {}
-    unknown = sorted(set(inputs) - set(VARIANTS))
+    unknown = sorted(set(inputs) - set(Variant))
     if unknown:
         raise RenderError(f"launch inputs for unknown variant(s) {', '.join(unknown)}; "
-                          f"variants are {', '.join(VARIANTS)}")
+                          f"variants are {', '.join(Variant)}")
     env = environment(templates)
     checked = [check_variant(spec, plan, name, i, inputs.get(name, LaunchInputs()))
-               for i, name in enumerate(VARIANTS)]
+               for i, name in enumerate(Variant)]
     out: dict[Path, str] = {}
     for v in checked:
         out.update(_TARGETS[spec.target](env, v))
@@ -220,15 +220,7 @@ def write_rendered(files: Mapping[Path, str], out: Path) -> list[Path]:
     for rel, text in sorted(files.items()):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
-            os.chmod(tmp, 0o755 if path.suffix == ".sh" else 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, text, mode=0o755 if path.suffix == ".sh" else 0o644)
         written.append(path)
     return written
 
@@ -246,7 +238,6 @@ __all__ = [
     "VLLM_IMAGE",
     "ArtifactContext",
     "LaunchInputs",
-    "RenderError",
     "environment",
     "render_files",
     "render_stack",

@@ -75,7 +75,7 @@ def test_resources_per_stage(stage: str, percent: int) -> None:
         deployment = run.one(DEPLOYMENT, variant).inputs
         assert deployment["metadata"]["name"] == f"qinfra-k8s-{variant}"
         assert deployment["metadata"]["namespace"] == "qinfra"
-        assert deployment["spec"]["replicas"] == option.engines
+        assert deployment["spec"]["replicas"] == option.engines_total
         assert engine(run, variant)["resources"]["limits"]["nvidia.com/gpu"] == option.tensor_parallel_size
         pod = deployment["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": option.instance_type}
@@ -83,8 +83,8 @@ def test_resources_per_stage(stage: str, percent: int) -> None:
         assert f"{STORE}/{PINS[variant]}/" in pod["initContainers"][0]["args"]
     assert "--quantization fp8" in run.one(CONFIGMAP, "quantized").inputs["data"]["serve.sh"]
     # The baseline is always sized for all traffic; the quantized Deployment is kept at zero.
-    assert chosen["baseline"].engines >= 1
-    assert (chosen["quantized"].engines == 0) == (percent == 0)
+    assert chosen["baseline"].engines_total >= 1
+    assert (chosen["quantized"].engines_total == 0) == (percent == 0)
     assert route_weights(run) == {"baseline": 100 - percent, "quantized": percent}
     variants = run.exports["variants"]
     assert {v: variants[v]["weight_percent"] for v in variants} == route_weights(run)
@@ -164,6 +164,11 @@ def test_rollback_is_only_traffic_and_capacity() -> None:
     }
     assert route_weights(after) == {"baseline": 100, "quantized": 0}
     assert after.one(DEPLOYMENT, "quantized").inputs["spec"]["replicas"] == 0
-    assert changes(before.exports, after.exports) == [
+    exported = changes(before.exports, after.exports)
+    assert [c for c in exported if not c.startswith(".plan.")] == [
         ".stage", ".variants.baseline.weight_percent", ".variants.quantized.replicas",
         ".variants.quantized.weight_percent"]
+    # the recorded plan (what a later preview compares with): the quantized fleet sized for none
+    assert [c for c in exported if c.startswith(".plan.")] == [
+        ".plan.usd_per_hour", *(f".plan.variants.quantized.{k}" for k in (
+            "engines", "gpus", "machines", "sized_for_percent", "usd_per_hour"))]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qinfra.planning.sizing import FleetOption, StackPlan, VariantPlan, traffic_share
-from qinfra.core.spec import StackSpec, Target
+from qinfra.core.spec import StackSpec, Target, Variant
+from qinfra.planning.sizing import FleetOption, StackPlan, VariantPlan
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,12 @@ def variant_output(deploy: DeployInput, variant: VariantPlan, *, weight_percent:
     """One entry of the `variants` output; fields that do not apply to a target are None."""
     chosen = variant.chosen
     assert chosen is not None  # the program refuses plans that do not fit
-    spec = getattr(deploy.spec.variants, variant.name)
+    spec = deploy.spec.variants.of(Variant(variant.name))
     return {
         "format": spec.format.value,
         "artifact_uri": spec.artifact,
         "weight_percent": weight_percent,
-        "replicas": chosen.engines,
+        "replicas": chosen.engines_total,
         "gpu": None if chosen.gpu == "cpu" else chosen.gpu,
         "instance_type": chosen.instance_type,
         "tensor_parallel_size": chosen.tensor_parallel_size,
@@ -53,21 +53,11 @@ def variant_output(deploy: DeployInput, variant: VariantPlan, *, weight_percent:
     }
 
 
-def weights(spec: StackSpec) -> dict[str, int]:
-    """Traffic per variant: the quantized share of the rollout, the rest to the baseline."""
-    quantized = traffic_share(spec.rollout.stage, spec.rollout.quantized_percent)["quantized"]
-    return {"baseline": 100 - quantized, "quantized": quantized}
-
-
 def boot_s(spec: StackSpec, option: FleetOption) -> int:
     """Launch to a warm replica: the engine image pull, the artifact's fetch and verification,
     the engine's start-up budget. What `up` waits for before it calls a replica failed."""
-    from qinfra.serving.render_context import (
-        IMAGE_PULL_S,
-        artifact_bytes,
-        fetch_timeout_s,
-        startup_budget_s,
-    )
+    from qinfra.serving.contexts import IMAGE_PULL_S
+    from qinfra.serving.launch import artifact_bytes, fetch_timeout_s, startup_budget_s
 
     size = artifact_bytes(option)
     return IMAGE_PULL_S + fetch_timeout_s(size) + startup_budget_s(spec.serving.engine, size)
@@ -105,7 +95,7 @@ def _preflight_aws(spec: StackSpec) -> None:
 
     import botocore.session
 
-    from qinfra.core.errors import EngineError
+    from qinfra.core.errors import DeployError
 
     problems = []
     if botocore.session.get_session().get_credentials() is None:
@@ -115,19 +105,19 @@ def _preflight_aws(spec: StackSpec) -> None:
             or os.environ.get("AWS_DEFAULT_REGION")):
         problems.append(f"no AWS region: add `aws:region` to stacks/Pulumi.{spec.name}.yaml")
     if problems:
-        raise EngineError(f"stack {spec.name} targets aws, but " + "; ".join(problems))
+        raise DeployError(f"stack {spec.name} targets aws, but " + "; ".join(problems))
 
 
 def _preflight_kubernetes(spec: StackSpec) -> None:
     import os
 
-    from qinfra.core.errors import EngineError
+    from qinfra.core.errors import DeployError
 
     config = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
     if not (in_cluster or spec.provider_config.get("kubernetes:kubeconfig")
             or any(os.path.isfile(p) for p in config.split(os.pathsep))):
-        raise EngineError(f"stack {spec.name} targets kubernetes, but there is no kubeconfig: set "
+        raise DeployError(f"stack {spec.name} targets kubernetes, but there is no kubeconfig: set "
                           "KUBECONFIG or `kubernetes:kubeconfig` in the stack file")
 
 

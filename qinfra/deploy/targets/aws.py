@@ -13,9 +13,10 @@ import pulumi
 import pulumi_aws as aws
 
 from qinfra.core.errors import NoFitError, SpecError
-from qinfra.serving.render_context import LaunchInputs, artifact_bytes, check_variant, engine_instances, generation_s
 from qinfra.core.spec import StackSpec
-from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output, weights
+from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output
+from qinfra.serving.contexts import LaunchInputs, generation_s
+from qinfra.serving.launch import artifact_bytes, check_variant, engine_instances
 
 # AWS Deep Learning Base GPU AMI (Ubuntu 22.04): NVIDIA driver, docker and the NVIDIA container
 # toolkit, AWS CLI (AWS DLAMI Developer Guide, "DLAMI release notes", Base OSS Nvidia Driver GPU
@@ -323,7 +324,7 @@ def deploy(deploy: DeployInput) -> Deployed:
     profile = instance_profile(spec, where, region, api_key_parameter(spec))
     net = network(spec, [p for f in plan for p in f.ports])
     ami = gpu_ami()
-    traffic = weights(spec)
+    traffic = spec.rollout.traffic_percent()
     per_group = target_group_weights(traffic, {f.name: len(f.ports) for f in plan})
     forward: list[tuple[aws.lb.TargetGroup, int]] = []
     for fleet in plan:

@@ -10,9 +10,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 from ruamel.yaml import YAML
 
-from qinfra.serving.render_context import generation_s, k8s_name
 from qinfra.core.spec import StackSpec
-from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output, weights
+from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output
+from qinfra.serving.contexts import generation_s
+from qinfra.serving.kube import k8s_name
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"  # EKS User Guide, IAM roles for service accounts
@@ -123,7 +124,7 @@ def route(spec: StackSpec, namespace: str, backends: Sequence[tuple[str, int, in
 
 def deploy(deploy: DeployInput) -> Deployed:
     spec = deploy.spec
-    traffic = weights(spec)
+    traffic = spec.rollout.traffic_percent()
     loads = [workload(deploy, v.name) for v in deploy.plan.variants]
     namespace = loads[0].namespace
     first: list[pulumi.Resource] = []
@@ -140,7 +141,7 @@ def deploy(deploy: DeployInput) -> Deployed:
     for load, plan in zip(loads, deploy.plan.variants, strict=True):
         chosen = plan.chosen
         assert chosen is not None  # the program refuses plans that do not fit
-        docs = {**load.manifests, "Deployment": scaled(load.manifests["Deployment"], chosen.engines)}
+        docs = {**load.manifests, "Deployment": scaled(load.manifests["Deployment"], chosen.engines_total)}
         # A replica may take this long to become ready; beyond the provider's 10-minute default.
         wait = f"{boot_s(spec, chosen) + 300}s"
         made: dict[str, pulumi.Resource] = {}

@@ -13,8 +13,9 @@ from typing import Any
 import pulumi
 import pulumi.dynamic as dyn
 
+from qinfra.core.spec import Variant
 from qinfra.deploy.processes import alive, stop
-from qinfra.deploy.targets import Deployed, DeployInput, variant_output, weights
+from qinfra.deploy.targets import Deployed, DeployInput, variant_output
 
 RUN_DIR_ENV = "QINFRA_RUN_DIR"
 
@@ -51,6 +52,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 def _start(props: dict[str, Any]) -> dict[str, Any]:
     """Write the rendered scripts, launch the server detached in its own process group, wait
     for /health and one warm-up completion; on failure stop it and report the log's tail."""
+    from qinfra.core.fileio import write_atomic
     from qinfra.serving.llamacpp import find_binary
 
     folder = Path(props["run_dir"])
@@ -61,10 +63,7 @@ def _start(props: dict[str, Any]) -> dict[str, Any]:
             stop(int(pid_file.read_text()))
     server, warmup = folder / "server.sh", folder / "warmup.sh"
     for path, text in ((server, props["server_sh"]), (warmup, props["warmup_sh"])):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(path)
+        write_atomic(path, text, mode=0o755)
     log = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     env["LLAMA_SERVER"] = str(find_binary("llama-server"))
@@ -130,7 +129,7 @@ class ArtifactCheckProvider(dyn.ResourceProvider):
 
     @staticmethod
     def _verified(props: dict[str, Any]) -> dict[str, Any]:
-        from qinfra.artifacts.push import verify
+        from qinfra.artifacts.verify import verify
 
         report = verify(props["uri"])
         if not report.ok:
@@ -157,31 +156,31 @@ class LlamaServer(dyn.Resource, module="qinfra", name="LlamaServer"):
 
 def deploy(deploy: DeployInput) -> Deployed:
     spec = deploy.spec
-    traffic = weights(spec)
+    traffic = spec.rollout.traffic_percent()
     api_key = pulumi.Config("qinfra").get_secret("api_key")
     variants: dict[str, Any] = {}
-    for variant in deploy.plan.variants:
-        uri = getattr(spec.variants, variant.name).artifact
-        check = ArtifactCheck(f"{spec.name}-{variant.name}-artifact", uri)
+    for plan in deploy.plan.variants:
+        variant = Variant(plan.name)
+        uri = spec.variants.of(variant).artifact
+        check = ArtifactCheck(f"{spec.name}-{variant}-artifact", uri)
         endpoint = None
-        if traffic[variant.name] > 0:
-            port = spec.serving.port + ("baseline", "quantized").index(variant.name)
-            url = f"http://127.0.0.1:{port}"
+        if traffic[variant] > 0:
+            url = f"http://127.0.0.1:{spec.serving.local_port(variant)}"
             server = LlamaServer(
-                f"{spec.name}-{variant.name}",
+                f"{spec.name}-{variant}",
                 {
                     "stack": spec.name,
-                    "variant": variant.name,
+                    "variant": variant.value,
                     "artifact": uri,
                     "endpoint": url,
-                    "server_sh": deploy.file(variant.name, "server.sh"),
-                    "warmup_sh": deploy.file(variant.name, "warmup.sh"),
-                    "run_dir": str(run_dir() / spec.name / variant.name),
+                    "server_sh": deploy.file(variant, "server.sh"),
+                    "warmup_sh": deploy.file(variant, "warmup.sh"),
+                    "run_dir": str(run_dir() / spec.name / variant),
                     "api_key": api_key,
                 },
                 pulumi.ResourceOptions(depends_on=[check]),
             )
             endpoint = server.endpoint
-        variants[variant.name] = variant_output(
-            deploy, variant, weight_percent=traffic[variant.name], endpoint=endpoint)
+        variants[variant.value] = variant_output(
+            deploy, plan, weight_percent=traffic[variant], endpoint=endpoint)
     return Deployed(variants=variants)

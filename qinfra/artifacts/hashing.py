@@ -1,0 +1,106 @@
+"""Hashing the files of an artifact once per push, in parallel, and noticing files that change."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from qinfra.artifacts.manifest import FileEntry
+from qinfra.artifacts.progress import Progress, ProgressFn
+from qinfra.artifacts.stores import READ_BUFFER_BYTES
+from qinfra.core.errors import ArtifactError
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A local file and the relative path it takes inside the artifact."""
+
+    path: str
+    source: Path
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies a file's content without reading it; any change means re-hash."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    entry: FileEntry
+    source: Path
+    stamp: FileStamp
+
+
+class Hasher:
+    """Hashes files on a thread pool (hashlib releases the GIL on large updates) and remembers
+    every digest by stamp, so one push never reads a file twice to hash it."""
+
+    def __init__(self, workers: int | None = None, buffer_bytes: int = READ_BUFFER_BYTES) -> None:
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.buffer_bytes = buffer_bytes
+        self.hashed_bytes = 0
+        self._memo: dict[FileStamp, str] = {}
+        self._lock = threading.Lock()
+
+    def hash_files(self, files: Sequence[SourceFile], progress: Progress) -> list[HashedFile]:
+        stamps = [FileStamp.of(stat_source(f.source)) for f in files]
+        todo = {s: f.source for f, s in zip(files, stamps, strict=True) if s not in self._memo}
+        if not todo:
+            return self._results(files, stamps)
+        report = progress.start("hashing", sum(s.size for s in todo))
+        with ThreadPoolExecutor(self.workers) as pool:
+            digests = pool.map(lambda item: self._hash(item[1], item[0], report), todo.items())
+            for stamp, digest in zip(todo, digests, strict=True):
+                self._memo[stamp] = digest
+        return self._results(files, stamps)
+
+    def _results(self, files: Sequence[SourceFile], stamps: list[FileStamp]) -> list[HashedFile]:
+        return [
+            HashedFile(FileEntry(f.path, s.size, self._memo[s]), f.source, s)
+            for f, s in zip(files, stamps, strict=True)
+        ]
+
+    def _hash(self, path: Path, before: FileStamp, progress: ProgressFn) -> str:
+        digest, read = hashlib.sha256(), 0
+        buf = bytearray(self.buffer_bytes)
+        view = memoryview(buf)
+        with open(path, "rb", buffering=0) as f:
+            # Read no further than the size it had: a file that keeps growing must not keep
+            # this loop going; the stamps below catch the growth.
+            while read < before.size and (n := f.readinto(view[: before.size - read])):
+                digest.update(view[:n])
+                read += n
+                progress(n)
+            during = FileStamp.of(os.fstat(f.fileno()))
+        after = FileStamp.of(stat_source(path))
+        if not before == during == after or read != before.size:
+            raise ArtifactError(
+                f"{path} changed while it was being hashed (size {before.size} -> {after.size} "
+                f"bytes, {read} read; mtime_ns {before.mtime_ns} -> {after.mtime_ns}). To fix: "
+                "wait for whatever writes it to finish, then push again"
+            )
+        with self._lock:
+            self.hashed_bytes += read
+        return digest.hexdigest()
+
+
+def stat_source(path: Path) -> os.stat_result:
+    """os.stat of a file to push; ArtifactError naming it when it cannot be read."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror}") from None
