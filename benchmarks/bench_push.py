@@ -3,9 +3,10 @@
 Run: .venv/bin/python benchmarks/bench_push.py [--size-mib 256] [--files 2] [--runs 2]
      [--endpoint URL]   (default: a moto server started on 127.0.0.1 for the run)
 Prints the best wall time of: boto3 upload_file with default settings, one file after another;
-a first qinfra push of the same files (hashing, upload, verification and manifest included);
-and a re-push of the unchanged artifact (fresh process state: it hashes again, uploads nothing).
-Ratios are throughput ratios against the boto3 baseline and the first push; above 1 is faster.
+a first qinfra push of the same files (hashing, upload, verification and manifest included,
+hash cache empty); and a re-push of the unchanged artifact as a new process makes it (the hash
+cache loaded from disk, a new S3 client; nothing hashed, nothing uploaded). Ratios: first push
+against boto3 (above 1 is faster), and re-push as a share of the first push (goal: at most 2%).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sample_files import write_random  # noqa: E402
 from qinfra.artifacts.fetch import fetch  # noqa: E402
+from qinfra.artifacts.hashcache import HashCache  # noqa: E402
+from qinfra.artifacts.hashing import Hasher  # noqa: E402
 from qinfra.artifacts.push import PushResult, push  # noqa: E402
 from qinfra.artifacts.stores import MIB, open_store  # noqa: E402
 
@@ -87,12 +90,19 @@ def main() -> None:
             for path in paths:
                 client.upload_file(str(path), bucket, f"plain-{run}/{path.name}")
 
+        cache_file = tmp / "hash-cache.json"
+
         def push_once(run: int) -> PushResult:
-            store = open_store(f"s3://{bucket}/qinfra-{run}")
-            return push(fetch(str(model)), store)
+            hasher = Hasher(cache=HashCache(cache_file))
+            store = open_store(f"s3://{bucket}/qinfra-{run}", cache=hasher.cache)
+            return push(fetch(str(model)), store, hasher=hasher)
+
+        def cold() -> None:
+            empty()
+            cache_file.unlink(missing_ok=True)
 
         plain_s = timed(args.runs, plain, empty)
-        first_s = timed(args.runs, push_once, empty)
+        first_s = timed(args.runs, push_once, cold)
         fresh = args.runs  # a prefix no timed run used, so this push uploads everything
         result = push_once(fresh)
         repush_s = timed(args.runs, lambda _: push_once(fresh), lambda: None)
@@ -108,7 +118,7 @@ def main() -> None:
     )
     print(
         f"{'qinfra re-push (unchanged)':34} {repush_s:7.2f} s {mib / repush_s:7.0f} MiB/s"
-        f"   ratio vs first push {first_s / repush_s:5.2f}"
+        f"   {100 * repush_s / first_s:5.2f}% of first push"
     )
 
 

@@ -1,4 +1,4 @@
-"""CLI start-up: `qinfra --help`, `qinfra plan --help` and an ad-hoc plan against `python -c pass`.
+"""CLI start-up: `qinfra --help`, `qinfra plan --help` and ad-hoc plans against `python -c pass`.
 
 Run: .venv/bin/python benchmarks/bench_startup.py [--runs N]
 Prints the median wall time of each command and its ratio to the interpreter's bare start-up,
@@ -29,6 +29,8 @@ def main() -> None:
         "qinfra plan --help": [*qinfra, "plan", "--help"],
         "qinfra plan (ad-hoc, --json)": [*qinfra, "plan", "--model", str(MODEL), "--format", "awq",
                                          "--gpu", "l4", "--max-model-len", "8192", "--json"],
+        "qinfra plan (qinfra-demo, --json)": [*qinfra, "plan", "--model", "qinfra-demo", "--format",
+                                              "gguf-q4_k_m", "--cpu-memory-gib", "8", "--json"],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.runs):
@@ -37,10 +39,10 @@ def main() -> None:
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["python -c pass"])
-    print(f"{'command':32} {'median ms':>10} {'x python -c pass':>18}")
+    print(f"{'command':36} {'median ms':>10} {'x python -c pass':>18}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"{name:32} {median * 1000:10.1f} {median / base:18.2f}")
+        print(f"{name:36} {median * 1000:10.1f} {median / base:18.2f}")
 
 
 if __name__ == "__main__":

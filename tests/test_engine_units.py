@@ -26,7 +26,7 @@ from qinfra.deploy.engine import (
     classify,
     history_entries,
 )
-from qinfra.deploy.history import entries
+from qinfra.deploy.history import entries, paged
 from qinfra.deploy.preview import (
     FIGURES,
     MARKDOWN_LIMIT,
@@ -50,6 +50,78 @@ def test_classify_maps_a_lock_to_an_actionable_error(tmp_path):
     err = classify(text, tmp_path / "log")
     assert "pid 42" in err.format_message() and "pulumi cancel" in err.format_message()
     assert str(tmp_path / "log") in err.format_message()
+
+
+# The diagnostics of a real `up` whose ArtifactCheck provider raised (trimmed, paths shortened).
+PROVIDER_FAILURE = """\
+ +  pulumi-python:dynamic/qinfra:ArtifactCheck local-baseline-artifact **creating failed** error: \
+Traceback (most recent call last):
+Diagnostics:
+  pulumi:pulumi:Stack (qinfra-local):
+    error: update failed
+
+  pulumi-python:dynamic/qinfra:ArtifactCheck (local-baseline-artifact):
+    error: Traceback (most recent call last):
+      File "/venv/lib/python3.11/site-packages/pulumi/dynamic/__main__.py", line 170, in Create
+        result = provider.create(props)
+                 ^^^^^^^^^^^^^^^^^^^^^^
+      File "/work/qinfra/deploy/targets/local.py", line 320, in _verified
+        raise RuntimeError(f"artifact {props['uri']} failed verification: "
+    RuntimeError: artifact file:///s/sha256-d049/ failed verification: a.gguf: sha256 d8de, manifest says 1d6b
+
+  pulumi-python:dynamic/qinfra:LlamaServer (local-quantized):
+    error: Traceback (most recent call last):
+      File "/work/qinfra/deploy/targets/local.py", line 137, in _start
+    RuntimeError: llama-server for quantized did not become healthy and warm (exited); \
+last lines of /r/server.log:
+    bind: address already in use
+
+Resources:
+    2 errored
+"""
+
+
+def test_a_provider_failure_is_a_line_per_resource_without_its_traceback(tmp_path):
+    message = classify(PROVIDER_FAILURE, tmp_path / "log").format_message()
+    assert message.splitlines() == [
+        "local-baseline-artifact failed: artifact file:///s/sha256-d049/ failed verification: "
+        "a.gguf: sha256 d8de, manifest says 1d6b",
+        "local-quantized failed: llama-server for quantized did not become healthy and warm "
+        "(exited); last lines of /r/server.log:",
+        f"Full log: {tmp_path / 'log'}",
+    ]
+
+
+def test_an_unknown_failure_shows_no_traceback_lines():
+    text = 'error: Traceback (most recent call last):\n  File "/x/local.py", line 137\nboom'
+    message = classify(text, None).format_message()
+    assert "File " not in message and "Traceback" not in message and "boom" in message
+
+
+@pytest.mark.parametrize("error", [
+    "error: could not deserialize deployment: unexpected end of JSON input",
+    "error: invalid character '}' looking for beginning of object key string",
+])
+def test_a_damaged_state_file_points_at_the_backup(tmp_path, error):
+    state = tmp_path / "local.json"
+    state.with_name("local.json.bak").write_text("{}")
+    message = classify(error, None, state).format_message()
+    assert message.startswith("the stack's state file is damaged (")
+    assert f"cp {tmp_path / 'local.json.bak'} {state}" in message
+    state.with_name("local.json.bak").unlink()
+    assert "has no backup beside it" in classify(error, None, state).format_message()
+
+
+def test_history_pages_count_from_the_newest():
+    rows = [{"version": v} for v in range(45, 0, -1)]
+    first = paged(rows, 20)
+    assert [r["version"] for r in first.rows] == list(range(45, 25, -1))
+    assert first.describe() == "entries 1-20 of 45 (newest first); --page 2 for older ones"
+    last = paged(rows, 20, 3)
+    assert [r["version"] for r in last.rows] == [5, 4, 3, 2, 1]
+    assert last.describe() == "entries 41-45 of 45 (newest first)"
+    assert paged(rows, 0, 1).rows == rows  # 0: every entry
+    assert paged(rows, 20, 4).rows == [] and "no entries on page 4" in paged(rows, 20, 4).describe()
 
 
 def test_classify_unknown_failure_keeps_the_last_lines():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,100 @@ def test_artifact_uri_is_refused_at_load(stacks, artifact):
     message = err.value.format_message()
     assert f"qinfra:variants.baseline.artifact: got {artifact!r}" in message, message
     assert "<store>/sha256-<64 hex digits>/" in message and "To fix" in message, message
+
+
+# Every numeric key, on the stack whose target uses it: (stack, key path, a value). Each is
+# refused as a boolean, as text, and (floats) as infinity or nan; whole numbers also as 2.5.
+NUMERIC = [
+    ("prod", ("qinfra:serving", "max_model_len"), "whole"),
+    ("prod", ("qinfra:serving", "concurrency"), "whole"),
+    ("prod", ("qinfra:serving", "gpu_memory_utilization"), "number"),
+    ("prod", ("qinfra:serving", "max_num_batched_tokens"), "whole"),
+    ("prod", ("qinfra:serving", "port"), "whole"),
+    ("prod", ("qinfra:fleet", "max_tensor_parallel"), "whole"),
+    ("local", ("qinfra:fleet", "cpu", "memory_gib"), "number"),
+    ("local", ("qinfra:fleet", "cpu", "threads"), "whole"),
+    ("local", ("qinfra:rollout", "quantized_percent"), "whole"),
+]
+
+
+def _set(cfg: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = cfg
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+
+
+NOT_NUMBERS = [True, False, "8", float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize(
+    ("stack", "path", "value"),
+    [(stack, path, value) for stack, path, kind in NUMERIC
+     for value in NOT_NUMBERS + ([2.5] if kind == "whole" else [])],  # a fraction is a float
+)
+def test_numbers_are_strict(stacks, stack, path, value):
+    """A YAML `true` is not 1 (`quantized_percent: true` was 1%), `.inf` is not a size (it
+    reached the engine as +Inf), text is not a number; whole-number keys take no fractions."""
+    cfg = copy.deepcopy(config(stacks, stack))
+    _set(cfg, path, value)
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, stack)
+    key = f"{path[0]}." + ".".join(path[1:])
+    message = err.value.format_message()
+    assert f"{key}: got {value!r}; allowed: " in message, message
+    allowed = message.split(f"{key}: got {value!r}; allowed: ", 1)[1].splitlines()[0]
+    assert allowed.startswith(("a whole number", "a number", "a finite number")), allowed
+
+
+def test_a_whole_number_is_a_fine_float(stacks):
+    cfg = copy.deepcopy(config(stacks, "local"))
+    cfg["qinfra:fleet"]["cpu"]["memory_gib"] = 3
+    assert parse_config(cfg, "local").fleet.cpu.memory_gib == 3.0
+
+
+def test_a_strict_refusal_shows_the_range(stacks):
+    cfg = copy.deepcopy(config(stacks, "local"))
+    cfg["qinfra:rollout"]["quantized_percent"] = True
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, "local")
+    assert ("qinfra:rollout.quantized_percent: got True; allowed: a whole number (not "
+            "true/false, not text), at least 0 and at most 100") in err.value.format_message()
+
+
+@pytest.mark.parametrize(
+    ("stack", "port", "ok"),
+    [
+        ("local", 65534, True),   # baseline 65534, quantized 65535
+        ("local", 65535, False),  # the quantized variant would get 65536
+        ("prod", 65535, True),    # aws: every engine listens on `port` of its own machine
+        ("k8s", 65535, True),
+    ],
+)
+def test_every_port_a_target_uses_is_in_range(stacks, stack, port, ok):
+    cfg = copy.deepcopy(config(stacks, stack))
+    cfg["qinfra:serving"]["port"] = port
+    if ok:
+        spec = parse_config(cfg, stack)
+        assert spec.ports()[-1] <= 65535 and spec.ports()[0] == port
+        return
+    with pytest.raises(SpecError) as err:
+        parse_config(cfg, stack)
+    assert ("qinfra:serving.port: got 65535; allowed: 1..65534 for target local, which listens "
+            "on 2 ports from it (the last would be 65536)") in err.value.format_message()
+
+
+def test_relative_model_paths_start_at_the_project_root(stacks, tmp_path, monkeypatch):
+    """The same `./mymodel` for the CLI (any cwd) and the program (given the root by Pulumi)."""
+    (tmp_path / "Pulumi.yaml").write_text("name: qinfra\n")
+    (tmp_path / "mymodel").mkdir()
+    monkeypatch.chdir(stacks)
+    spec = load_stack("local")
+    assert spec.root == tmp_path
+    assert spec.local_source("./mymodel") == str(tmp_path / "mymodel")
+    assert spec.local_source("qinfra-demo") == "qinfra-demo"
+    assert spec.local_source("owner/name") == "owner/name"  # no such folder: a hub id
+    assert spec.local_source("/abs/model") == "/abs/model"
+    flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config(stacks, "local").items()}
+    program = parse_program_config(flat, set(), "local", root=tmp_path)
+    assert program.local_source("./mymodel") == spec.local_source("./mymodel")

@@ -9,6 +9,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qinfra.artifacts.hashcache import HASH_CACHE_NAME, HashCache
 from qinfra.artifacts.hashing import Hasher, SourceFile
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
 from qinfra.core.errors import ArtifactError
@@ -54,6 +55,11 @@ def cache_dir(stack_path: Path | None = None) -> Path:
         return Path(env)
     root = stack_path.resolve().parent.parent if stack_path else Path.cwd()
     return root / ".qinfra" / "cache"
+
+
+def project_hash_cache(stack_path: Path | None = None) -> HashCache:
+    """The project's persistent hash cache, beside its other generated files."""
+    return HashCache(cache_dir(stack_path) / HASH_CACHE_NAME)
 
 
 def hub_patterns(fmt: Format | None) -> tuple[str, ...]:

@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
+from qinfra.artifacts.hashcache import FileStamp, HashCache
 from qinfra.artifacts.progress import ProgressFn
 from qinfra.artifacts.stores import READ_BUFFER_BYTES, StoredObject, Upload, checked_store_uri
 from qinfra.core.errors import ArtifactError
 from qinfra.core.fileio import open_atomic
 
-# user.* extended attribute where FileStore records the sha256 (hex) of what it wrote, so a
-# re-push need not re-read the file.
-SHA256_XATTR = "user.qinfra.sha256"
-
 
 class FileStore:
     """A directory tree; every write goes to a temporary file renamed into place, so a file at
-    its final path is always complete."""
+    its final path is always complete.
 
-    def __init__(self, uri: str) -> None:
+    stat() reports what a file holds now: the digest of what this store wrote is remembered in
+    `cache` by the stored file's identity, and any other file (changed in place, written by
+    hand, no cache) is hashed. Nothing recorded beside the file (an xattr) is trusted, since an
+    in-place edit keeps it.
+    """
+
+    def __init__(self, uri: str, cache: HashCache | None = None) -> None:
         self._uri = checked_store_uri(uri)
         parsed = urlparse(self._uri)
         assert parsed.scheme == "file", uri  # open_store picks the store by scheme
         self.root = Path(unquote(parsed.path))
+        self.cache = cache or HashCache(None)
 
     @property
     def uri(self) -> str:
@@ -47,14 +50,15 @@ class FileStore:
     def stat(self, key: str) -> StoredObject | None:
         path = self.root / key
         try:
-            size = path.stat().st_size
+            stamp = FileStamp.of(path.stat())
         except FileNotFoundError:
             return None
-        try:
-            recorded: str | None = os.getxattr(path, SHA256_XATTR).decode()
-        except OSError:  # no xattr support here, or written by hand: hash what is there
-            recorded = _hash_file(path, lambda _: None)
-        return StoredObject(size=size, sha256=recorded)
+        digest = self.cache.lookup(path, stamp)
+        if digest is None:
+            digest = _hash_file(path, lambda _: None)
+            if FileStamp.of(path.stat()) == stamp:
+                self.cache.record(path, stamp, digest)
+        return StoredObject(size=stamp.size, sha256=digest)
 
     def upload(self, uploads: Sequence[Upload], progress: ProgressFn) -> None:
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -64,7 +68,7 @@ class FileStore:
     def _copy(self, item: Upload, progress: ProgressFn) -> None:
         """Copy while hashing the bytes written: the digest is the post-upload verification."""
         dest = self.root / item.key
-        with self._writing(dest) as out, open(item.path, "rb") as src:
+        with self._writing(dest, item.sha256) as out, open(item.path, "rb") as src:
             digest, size = hashlib.sha256(), 0
             buf = bytearray(READ_BUFFER_BYTES)
             view = memoryview(buf)
@@ -79,8 +83,6 @@ class FileStore:
                     f"{digest.hexdigest()}, expected {item.size} bytes, sha256 {item.sha256}. "
                     "To fix: stop whatever writes it and push again"
                 )
-        with contextlib.suppress(OSError):
-            os.setxattr(dest, SHA256_XATTR, item.sha256.encode())
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -89,11 +91,8 @@ class FileStore:
             return None
 
     def write(self, key: str, data: bytes) -> None:
-        dest = self.root / key
-        with self._writing(dest) as out:
+        with self._writing(self.root / key, hashlib.sha256(data).hexdigest()) as out:
             out.write(data)
-        with contextlib.suppress(OSError):
-            os.setxattr(dest, SHA256_XATTR, hashlib.sha256(data).hexdigest().encode())
 
     def rehash(self, keys: Sequence[str], progress: ProgressFn) -> dict[str, StoredObject | None]:
         def one(key: str) -> StoredObject | None:
@@ -112,8 +111,9 @@ class FileStore:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     @contextlib.contextmanager
-    def _writing(self, dest: Path) -> Iterator[BinaryIO]:
-        """A file object for `dest` that only appears there, complete and synced, on success."""
+    def _writing(self, dest: Path, sha256: str) -> Iterator[BinaryIO]:
+        """A file object for `dest` that only appears there, complete and synced, on success;
+        then `sha256` (what the caller wrote) is remembered for the file's new identity."""
         with contextlib.ExitStack() as stack:
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,7 @@ class FileStore:
                     f"cannot write {dest}: {exc.strerror}. To fix: choose a writable store"
                 ) from None
             yield out
+        self.cache.record(dest, FileStamp.of(dest.stat()), sha256, written_here=True)
 
 
 def _hash_file(path: Path, progress: ProgressFn) -> str:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from qinfra.artifacts.hashcache import FileStamp, HashCache
 from qinfra.artifacts.manifest import FileEntry
 from qinfra.artifacts.progress import Progress, ProgressFn
 from qinfra.artifacts.stores import READ_BUFFER_BYTES
@@ -25,20 +26,6 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
-class FileStamp:
-    """What identifies a file's content without reading it; any change means re-hash."""
-
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileStamp:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
 class HashedFile:
     entry: FileEntry
     source: Path
@@ -47,25 +34,42 @@ class HashedFile:
 
 class Hasher:
     """Hashes files on a thread pool (hashlib releases the GIL on large updates) and remembers
-    every digest by stamp, so one push never reads a file twice to hash it."""
+    every digest by stamp, so one push never reads a file twice to hash it; with a HashCache,
+    later pushes (other processes) do not read an unchanged file at all."""
 
-    def __init__(self, workers: int | None = None, buffer_bytes: int = READ_BUFFER_BYTES) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        buffer_bytes: int = READ_BUFFER_BYTES,
+        cache: HashCache | None = None,
+    ) -> None:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.buffer_bytes = buffer_bytes
+        self.cache = cache
         self.hashed_bytes = 0
         self._memo: dict[FileStamp, str] = {}
         self._lock = threading.Lock()
 
     def hash_files(self, files: Sequence[SourceFile], progress: Progress) -> list[HashedFile]:
         stamps = [FileStamp.of(stat_source(f.source)) for f in files]
-        todo = {s: f.source for f, s in zip(files, stamps, strict=True) if s not in self._memo}
-        if not todo:
-            return self._results(files, stamps)
-        report = progress.start("hashing", sum(s.size for s in todo))
-        with ThreadPoolExecutor(self.workers) as pool:
-            digests = pool.map(lambda item: self._hash(item[1], item[0], report), todo.items())
-            for stamp, digest in zip(todo, digests, strict=True):
-                self._memo[stamp] = digest
+        todo: dict[FileStamp, Path] = {}
+        for f, s in zip(files, stamps, strict=True):
+            if s in self._memo or s in todo:
+                continue
+            if self.cache and (known := self.cache.lookup(f.source, s)):
+                self._memo[s] = known
+            else:
+                todo[s] = f.source
+        if todo:
+            report = progress.start("hashing", sum(s.size for s in todo))
+            with ThreadPoolExecutor(self.workers) as pool:
+                digests = pool.map(lambda item: self._hash(item[1], item[0], report), todo.items())
+                for (stamp, path), digest in zip(todo.items(), digests, strict=True):
+                    self._memo[stamp] = digest
+                    if self.cache:
+                        self.cache.record(path, stamp, digest)
+            if self.cache:
+                self.cache.save()
         return self._results(files, stamps)
 
     def _results(self, files: Sequence[SourceFile], stamps: list[FileStamp]) -> list[HashedFile]:
@@ -90,7 +94,7 @@ class Hasher:
         if not before == during == after or read != before.size:
             raise ArtifactError(
                 f"{path} changed while it was being hashed (size {before.size} -> {after.size} "
-                f"bytes, {read} read; mtime_ns {before.mtime_ns} -> {after.mtime_ns}). To fix: "
+                f"bytes, {read} read; ctime_ns {before.ctime_ns} -> {after.ctime_ns}). To fix: "
                 "wait for whatever writes it to finish, then push again"
             )
         with self._lock:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qinfra.artifacts.fetch import Fetched, cache_dir, fetch, quantize_baseline
-from qinfra.artifacts.hashing import FileStamp, Hasher, stat_source
-from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest
+from qinfra.artifacts.fetch import (
+    Fetched,
+    cache_dir,
+    fetch,
+    project_hash_cache,
+    quantize_baseline,
+)
+from qinfra.artifacts.hashcache import FileStamp
+from qinfra.artifacts.hashing import Hasher, stat_source
+from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
 from qinfra.artifacts.stores import (
     STAT_THREADS,
@@ -27,6 +35,7 @@ from qinfra.serving.llamacpp import QuantizeRecipe
 
 if TYPE_CHECKING:
     from qinfra.core.spec import StackSpec
+
 
 @dataclass(frozen=True)
 class PushResult:
@@ -51,6 +60,26 @@ class PushResult:
         }
 
 
+@dataclass(frozen=True)
+class Pin:
+    """A stack file's pin (`qinfra:variants.<v>.artifact`) that a push must reproduce."""
+
+    stack: str
+    variant: Variant
+    uri: str
+
+    def check(self, made: str) -> None:
+        """ArtifactError unless the source made the pinned artifact: a pin is a reviewed
+        statement of what runs, so it is restored as pinned or not at all."""
+        if made != str(split_artifact_uri(self.uri)):
+            raise ArtifactError(
+                f"qinfra:variants.{self.variant.value}.artifact pins {self.uri}, which its store "
+                f"does not hold, and the variant's source now makes {made}. To fix: `qinfra "
+                f"artifacts push --stack {self.stack}` pushes and re-pins (review the diff), or "
+                "correct the pin"
+            )
+
+
 def push(
     fetched: Fetched,
     store: Store,
@@ -58,15 +87,22 @@ def push(
     recipe: QuantizeRecipe | None = None,
     hasher: Hasher | None = None,
     progress: Progress = NO_PROGRESS,
+    expect: Pin | None = None,
 ) -> PushResult:
-    """Hash, upload what the store lacks, verify it, and write manifest.json last.
+    """Hash, upload what the store lacks or holds wrongly, verify it, write manifest.json last.
 
     An interrupted push leaves no manifest, and the next push skips every object already there
-    with the right size and sha256, so it resumes. Raises ArtifactError on any mismatch.
+    with the right size and sha256, so it resumes. What the store reports for an object is
+    checked against the source, so a corrupted object is sent again rather than trusted.
+    With `expect`, nothing is sent unless the source makes exactly the pinned artifact.
+    Raises ArtifactError on any mismatch.
     """
-    hashed = (hasher or Hasher()).hash_files(fetched.files, progress)
+    hasher = hasher or Hasher()
+    hashed = hasher.hash_files(fetched.files, progress)
     manifest = Manifest(tuple(h.entry for h in hashed), recipe)
     aid = manifest.artifact_id
+    if expect is not None:
+        expect.check(artifact_uri(store.uri, aid))
     store.check()
     with ThreadPoolExecutor(STAT_THREADS) as pool:
         present: list[StoredObject | None] = list(
@@ -92,6 +128,8 @@ def push(
     data = manifest.to_bytes()
     if store.read(f"{aid}/{MANIFEST_NAME}") != data:
         store.write(f"{aid}/{MANIFEST_NAME}", data)
+    if hasher.cache:
+        hasher.cache.save()
     return PushResult(artifact_uri(store.uri, aid), manifest, uploaded, len(hashed) - len(todo))
 
 
@@ -101,17 +139,27 @@ def push_stack(
     settings: TransferSettings | None = None,
     progress: Progress = NO_PROGRESS,
     hasher: Hasher | None = None,
+    only: Collection[Variant] | None = None,
+    restore: Collection[Variant] = (),
 ) -> dict[Variant, PushResult]:
-    """Push both variants of a stack; a gguf-* quantized variant without a source is made from
-    the baseline. Returns each variant's result; the caller pins the URIs in the stack file."""
-    store = open_store(spec.artifacts.store, settings)
+    """Push the variants of a stack (all, or `only` these); a gguf-* quantized variant without
+    a source is made from the baseline, which is then fetched even when not pushed. A variant in
+    `restore` must make exactly its pinned artifact (see Pin). Returns each pushed variant's
+    result; the caller pins the URIs in the stack file."""
+    hasher = hasher or Hasher(cache=project_hash_cache(spec.path))
+    store = open_store(spec.artifacts.store, settings, hasher.cache)
     cache = cache_dir(spec.path)
-    hasher = hasher or Hasher()
+    wanted = set(Variant) if only is None else set(only)
+    quantized = spec.variants.of(Variant.QUANTIZED)
+    from_baseline = quantized.source is None and bool(format_info(quantized.format).gguf_type)
+    # The baseline is fetched (not pushed) when the quantized variant is made from it.
+    needed = wanted | ({Variant.BASELINE} if from_baseline and Variant.QUANTIZED in wanted else set())
     results: dict[Variant, PushResult] = {}
     fetched: dict[Variant, Fetched] = {}
     for name, variant in spec.variants.pairs():
+        if name not in needed:
+            continue
         recipe = None
-        from_baseline = variant.source is None and format_info(variant.format).gguf_type
         if name is Variant.QUANTIZED and from_baseline:
             fetched[name], recipe = quantize_baseline(
                 fetched[Variant.BASELINE], variant.format, cache, hasher, progress
@@ -120,10 +168,44 @@ def push_stack(
             source = variant.source or spec.model.id
             revision = spec.model.revision if source == spec.model.id else None
             fetched[name] = fetch(
-                source, fmt=variant.format, revision=revision, cache=cache, progress=progress
+                spec.local_source(source), fmt=variant.format, revision=revision, cache=cache,
+                progress=progress,
             )
-        results[name] = push(fetched[name], store, recipe=recipe, hasher=hasher, progress=progress)
+        if name in wanted:
+            pin = Pin(spec.name, name, variant.artifact or "") if name in restore else None
+            results[name] = push(
+                fetched[name], store, recipe=recipe, hasher=hasher, progress=progress, expect=pin
+            )
     return results
+
+
+@dataclass(frozen=True)
+class PinState:
+    """What `qinfra up` must push before it deploys: variants the stack file does not pin, and
+    pinned ones whose store does not hold them (restored only as pinned)."""
+
+    unpinned: tuple[Variant, ...]
+    not_held: tuple[Variant, ...]
+
+    @property
+    def to_push(self) -> tuple[Variant, ...]:
+        return self.unpinned + self.not_held
+
+
+def pin_state(spec: StackSpec, settings: TransferSettings | None = None) -> PinState:
+    """Which variants lack a pin, and which pins name content their store does not hold (no
+    manifest.json there, or one that does not hash to the pinned id)."""
+    unpinned: list[Variant] = []
+    not_held: list[Variant] = []
+    for name, variant in spec.variants.pairs():
+        if variant.artifact is None:
+            unpinned.append(name)
+            continue
+        parsed = split_artifact_uri(variant.artifact)
+        data = open_store(parsed.store, settings).read(f"{parsed.artifact_id}/{MANIFEST_NAME}")
+        if data is None or artifact_id_of(data) != parsed.artifact_id:
+            not_held.append(name)
+    return PinState(tuple(unpinned), tuple(not_held))
 
 
 def pins(results: dict[Variant, PushResult]) -> dict[str, str]:

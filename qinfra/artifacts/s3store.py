@@ -19,6 +19,11 @@ from qinfra.core.errors import ArtifactError
 # own additional checksum of a multipart upload is a checksum of part checksums, which cannot be
 # compared with a manifest entry, so the full-file digest travels beside it.
 SHA256_METADATA_KEY = "sha256"
+# botocore's data loader (service models, endpoint rules: read-only once parsed), shared by the
+# clients of every S3Store in this process; created under the lock, since sessions are not
+# thread-safe.
+_SHARED_LOADER: Any = None
+_LOADER_LOCK = threading.Lock()
 
 
 class _HashSink:
@@ -70,15 +75,24 @@ class S3Store:
 
     def _make_client(self) -> Any:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
-        return boto3.session.Session().client(
-            "s3",
-            config=Config(
-                max_pool_connections=max(10, self.settings.max_concurrency + 2),
-                retries={"mode": "standard"},
-            ),
-        )
+        # A fresh session (credentials and AWS_* settings read now, as before), but the parsed
+        # service model shared: loading it is most of a no-op re-push (~70 ms of ~80).
+        session = botocore.session.get_session()
+        with _LOADER_LOCK:
+            global _SHARED_LOADER
+            if _SHARED_LOADER is None:
+                _SHARED_LOADER = session.get_component("data_loader")
+            session.register_component("data_loader", _SHARED_LOADER)
+            return boto3.session.Session(botocore_session=session).client(
+                "s3",
+                config=Config(
+                    max_pool_connections=max(10, self.settings.max_concurrency + 2),
+                    retries={"mode": "standard"},
+                ),
+            )
 
     @property
     def endpoint(self) -> str:
@@ -95,7 +109,7 @@ class S3Store:
         head = self._head(key)
         if head is None:
             return None
-        return StoredObject(size=head["ContentLength"], sha256=_recorded_sha256(head))
+        return StoredObject(size=head["ContentLength"], sha256=_stored_sha256(head))
 
     def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -146,8 +160,7 @@ class S3Store:
             raise ArtifactError(f"{where} is missing right after its upload. To fix: push again")
         size, recorded = head["ContentLength"], _recorded_sha256(head)
         server = head.get("ChecksumSHA256")
-        composite = "-" in head.get("ETag", "") or head.get("ChecksumType") == "COMPOSITE"
-        server_ok = server is None or composite or _b64_to_hex(server) == item.sha256
+        server_ok = server is None or _composite(head) or _b64_to_hex(server) == item.sha256
         if size != item.size or recorded != item.sha256 or not server_ok:
             raise ArtifactError(
                 f"{where} does not match its manifest entry after upload: store has {size} "
@@ -262,6 +275,27 @@ def _put_args(sha256: str) -> dict[str, Any]:
         "ChecksumAlgorithm": "SHA256",
         "Metadata": {SHA256_METADATA_KEY: sha256},
     }
+
+
+def _stored_sha256(head: dict[str, Any]) -> str | None:
+    """The sha256 of what an object holds, as far as a HEAD can tell, or None when it cannot.
+
+    A single-part object's ChecksumSHA256 is S3's own digest of the bytes it stores, so it wins
+    over the recorded metadata (an overwrite that copied the metadata is caught). A multipart
+    object's checksum is one of part checksums: there the recorded digest is taken when S3
+    checked every part on arrival. No S3 checksum at all means the object was not written by a
+    push: None, so push sends it again.
+    """
+    server = head.get("ChecksumSHA256")
+    if not server:
+        return None
+    if _composite(head):
+        return _recorded_sha256(head)
+    return _b64_to_hex(server)
+
+
+def _composite(head: dict[str, Any]) -> bool:
+    return "-" in head.get("ETag", "") or head.get("ChecksumType") == "COMPOSITE"
 
 
 def _recorded_sha256(head: dict[str, Any]) -> str | None:

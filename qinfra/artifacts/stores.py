@@ -14,6 +14,8 @@ from qinfra.core.errors import ArtifactError
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
 
+    from qinfra.artifacts.hashcache import HashCache
+
 MIB = 1024 * 1024
 # Big enough that hashlib (which releases the GIL for updates over 2 KiB) spends its time in C,
 # small enough that a few parallel readers stay in cache-friendly memory.
@@ -46,7 +48,8 @@ class TransferSettings:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """An object as the store reports it: its size and the sha256 (hex) recorded when written."""
+    """An object as the store reports it: its size and the sha256 (hex) of what it holds, as
+    far as the store can tell without a full read (None when it cannot)."""
 
     size: int
     sha256: str | None
@@ -71,7 +74,9 @@ class Store(Protocol):
     def check(self) -> None:
         """Raise ArtifactError when the store cannot be used (no bucket, no access, no network)."""
 
-    def stat(self, key: str) -> StoredObject | None: ...
+    def stat(self, key: str) -> StoredObject | None:
+        """Size and digest of what `key` holds now (not merely what was recorded when it was
+        written), so push re-sends a corrupted object; None when absent."""
 
     def upload(self, uploads: Sequence[Upload], progress: ProgressFn) -> None:
         """Send every file, then verify each against its size and sha256; ArtifactError if not."""
@@ -98,8 +103,13 @@ def checked_store_uri(uri: str) -> str:
         ) from None
 
 
-def open_store(uri: str, settings: TransferSettings | None = None) -> Store:
-    """The store for `s3://bucket[/prefix]` or `file:///abs/path`; ArtifactError otherwise."""
+def open_store(
+    uri: str, settings: TransferSettings | None = None, cache: HashCache | None = None
+) -> Store:
+    """The store for `s3://bucket[/prefix]` or `file:///abs/path`; ArtifactError otherwise.
+
+    `cache` lets a file store skip re-reading objects it wrote whose identity is unchanged
+    (S3 reports its own checksums, so it needs none)."""
     uri = checked_store_uri(uri)
     if uri.startswith(f"{StoreScheme.S3}://"):
         from qinfra.artifacts.s3store import S3Store
@@ -107,7 +117,7 @@ def open_store(uri: str, settings: TransferSettings | None = None) -> Store:
         return S3Store(uri, settings or TransferSettings())
     from qinfra.artifacts.filestore import FileStore
 
-    return FileStore(uri)
+    return FileStore(uri, cache)
 
 
 def sha256_matches(obj: StoredObject | None, size: int, sha256: str) -> bool:

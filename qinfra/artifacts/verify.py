@@ -3,9 +3,12 @@ against the artifact id."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from qinfra.artifacts.hashcache import HashCache
 from qinfra.artifacts.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -14,7 +17,7 @@ from qinfra.artifacts.manifest import (
     split_artifact_uri,
 )
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
-from qinfra.artifacts.stores import StoredObject, TransferSettings, open_store
+from qinfra.artifacts.stores import STAT_THREADS, StoredObject, TransferSettings, open_store
 from qinfra.core.errors import ArtifactError
 
 
@@ -96,3 +99,46 @@ def read_manifest(uri: str, settings: TransferSettings | None = None) -> Manifes
             "then push it again"
         )
     return Manifest.from_bytes(data, f"{uri}{MANIFEST_NAME}")
+
+
+def verify_local(artifact_dir: Path, manifest: Manifest, cache: HashCache, *, uri: str) -> None:
+    """Check every file of an artifact folder a server is about to read against its manifest:
+    from `cache` while a file's identity is unchanged, by content otherwise. Cheap enough to
+    run at every server start, so weights changed after the push are never served.
+
+    Raises ArtifactError naming the artifact, the file and both digests.
+    """
+    from qinfra.artifacts.filestore import FileStore
+
+    store = FileStore(artifact_dir.parent.as_uri(), cache)
+    keys = [f"{artifact_dir.name}/{e.path}" for e in manifest.files]
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        found = list(pool.map(store.stat, keys))
+    cache.save()
+    for entry, obj in zip(manifest.files, found, strict=True):
+        if _problem(entry, obj) is None:
+            continue
+        now = "is missing" if obj is None else f"has sha256 {obj.sha256} ({obj.size} bytes)"
+        raise ArtifactError(
+            f"artifact {uri} cannot be served: {artifact_dir / entry.path} {now}, its manifest "
+            f"says sha256 {entry.sha256} ({entry.size} bytes); it changed after the push. To "
+            "fix: push the artifact again from its source (`qinfra artifacts push --stack`), "
+            f"then check it with `qinfra artifacts verify {uri}`"
+        )
+
+
+def verify_before_serving(uri: str, cache: HashCache) -> Manifest:
+    """verify_local for a pinned file:// artifact (the local target serves from the store's
+    folder itself), after checking its manifest against the artifact id."""
+    parsed = split_artifact_uri(uri)
+    if not parsed.store.startswith("file:///"):
+        raise ArtifactError(
+            f"artifact {uri} is not in a file:// store, so no local server can read it. To fix: "
+            "push it to a file:// store with `qinfra artifacts push --stack`"
+        )
+    from qinfra.artifacts.filestore import FileStore
+
+    manifest = read_manifest(uri)
+    folder = FileStore(parsed.store).root / parsed.artifact_id
+    verify_local(folder, manifest, cache, uri=str(parsed))
+    return manifest

@@ -85,6 +85,8 @@ def push(
             click.echo(_summary(name, result))
         click.echo(diff.rstrip("\n") if diff else f"{spec.path} already pins these artifacts")
         return
+    from qinfra.artifacts.fetch import project_hash_cache
+    from qinfra.artifacts.hashing import Hasher
     from qinfra.artifacts.stores import open_store
 
     assert src is not None and store is not None
@@ -92,7 +94,9 @@ def push(
         fetched = fetch(
             src, fmt=Format(fmt) if fmt else None, revision=revision, progress=progress
         )
-        result = art.push(fetched, open_store(store), progress=progress)
+        hasher = Hasher(cache=project_hash_cache())
+        result = art.push(fetched, open_store(store, cache=hasher.cache), hasher=hasher,
+                          progress=progress)
     if as_json:
         echo_json(result.to_json())
     else:

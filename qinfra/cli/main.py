@@ -1,53 +1,84 @@
-"""The `qinfra` command line: parse, call, print. Heavy packages are imported inside commands."""
+"""The `qinfra` command line: the root group, which imports a command's module only when it runs.
+
+`qinfra --help` lists every command from the summaries below without importing any of them, so
+it costs little more than importing click (tests/test_cli_startup.py checks each summary against
+its command's help).
+"""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple
 
 import click
 
 from qinfra import __version__
 from qinfra.cli.command import Group, UserError
-from qinfra.cli.output import echo_json
 from qinfra.core.errors import QinfraError
 
-FORMATS = ("bf16", "fp16", "fp8", "int8", "awq", "gptq", "gguf-f16", "gguf-q8_0", "gguf-q6_k",
-           "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_k_s", "gguf-q3_k_m", "gguf-q2_k")
-GPUS = ("t4", "v100", "a10g", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-80gb", "h200")
+
+class LazyCommand(NamedTuple):
+    """Where a command lives, and the first paragraph of its help for the root's listing (a
+    NamedTuple: dataclasses is one import more than `qinfra --help` needs)."""
+
+    module: str
+    attr: str
+    summary: str
 
 
-# Command groups that live in their own modules, imported only when named.
-_LAZY: dict[str, tuple[str, str]] = {
-    "artifacts": ("qinfra.cli.artifacts", "artifacts"),
-    "render": ("qinfra.cli.render", "render"),
-    **{name: ("qinfra.cli.stack", name)
-       for name in ("preview", "up", "rollback", "rollout", "status", "history", "destroy")},
+_STACK = "qinfra.cli.stack"
+
+# Every command, imported when named. A summary is the first paragraph of the command's help, as
+# `qinfra --help` shortens it; tests/test_cli_startup.py fails when one drifts from its command.
+COMMANDS: dict[str, LazyCommand] = {
+    "artifacts": LazyCommand("qinfra.cli.artifacts", "artifacts",
+                             "Push, verify and list the weight artifacts a stack deploys."),
+    "destroy": LazyCommand(_STACK, "destroy", "Stop and delete everything the stack runs; "
+                                              "artifacts in the store are kept."),
+    "history": LazyCommand(_STACK, "history", "Every update of the stack, newest first and paged, "
+                                              "with its number, result, stage, traffic and artifact "
+                                              "URIs; failed updates included."),
+    "plan": LazyCommand("qinfra.cli.plan", "plan", "Memory plan: GPUs, tensor parallelism, "
+                                                   "replicas, engine flags and cost."),
+    "preview": LazyCommand(_STACK, "preview", "Show what `up` would change: per resource, then "
+                                              "GPUs, memory and cost before -> after."),
+    "render": LazyCommand("qinfra.cli.render", "render", "Write what the stack's target runs: launch "
+                          "scripts (local), cloud-init user-data (aws) or manifests (kubernetes), "
+                          "one folder per variant."),
+    "rollback": LazyCommand(_STACK, "rollback", "Send all traffic back to the baseline: rewrite the "
+                                                "stack file, preview, apply."),
+    "rollout": LazyCommand(_STACK, "rollout", "Move the quantized variant's traffic share: rewrite "
+                                              "the stack file, preview, apply."),
+    "status": LazyCommand(_STACK, "status", "The stack's outputs: stage, and per variant its "
+                                            "traffic, replicas and endpoint."),
+    "up": LazyCommand(_STACK, "up", "Push and pin missing artifacts, preview, apply, wait until "
+                                    "every server is healthy."),
 }
 
 
 class _Group(Group):
-    """The `qinfra` group: commands imported when named; tracebacks only with --debug, every
-    other failure one `Error:` line and an exit code (see qinfra.cli.command)."""
+    """The `qinfra` group: commands imported when named (click's lazy-group pattern); tracebacks
+    only with --debug, every other failure one `Error:` line and an exit code (see
+    qinfra.cli.command)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._lazy(ctx)})
+        return sorted({*super().list_commands(ctx), *COMMANDS})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self._lazy(ctx):
-            import importlib
+        lazy = COMMANDS.get(name)
+        if lazy is None:
+            return super().get_command(ctx, name)
+        import importlib
 
-            module, attr = _LAZY[name]
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+        command = getattr(importlib.import_module(lazy.module), lazy.attr)
+        assert isinstance(command, click.Command), lazy
+        return command
 
-    @staticmethod
-    def _lazy(ctx: click.Context) -> list[str]:
-        import importlib.util
-
-        return [n for n, (m, _) in _LAZY.items() if importlib.util.find_spec(m) is not None]
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, with a stand-in per lazy command so that none is imported; click
+        shortens a stand-in's help exactly as it shortens the command's own."""
+        stand_ins = {name: click.Command(name, help=lazy.summary) for name, lazy in COMMANDS.items()}
+        group = click.Group(self.name, commands={**stand_ins, **self.commands})
+        group.format_commands(ctx, formatter)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -70,174 +101,6 @@ def cli(debug: bool) -> None:
     The stack file stacks/Pulumi.<stack>.yaml is the single source of truth; `qinfra plan`
     shows what it costs in GPUs and money before anything is provisioned.
     """
-
-
-@dataclass(frozen=True)
-class AdhocPlan:
-    """The ad-hoc `qinfra plan --model ...` arguments as click parsed them (None: not given)."""
-
-    model: str | None
-    revision: str
-    fmt: str | None
-    engine: str | None
-    gpu: str | None
-    gpu_memory_gib: float | None
-    compute_capability: float | None
-    cpu_memory_gib: float | None
-    tensor_parallel_size: int
-    max_model_len: int | None
-    gpu_memory_utilization: float | None
-    kv_cache_dtype: str
-    max_num_batched_tokens: int | None
-    max_num_seqs: int | None
-    cuda_graph_gib: float | None
-    parallel: int | None
-
-    def check(self) -> None:
-        """Usage errors (exit 2) that click's per-option types cannot see."""
-        if not self.model or not self.fmt:
-            raise click.UsageError("give --stack NAME, or --model and --format for an ad-hoc plan")
-        if sum(x is not None for x in (self.gpu, self.gpu_memory_gib, self.cpu_memory_gib)) != 1:
-            raise click.UsageError("give exactly one of --gpu, --gpu-memory-gib, --cpu-memory-gib")
-        if self.compute_capability is not None and self.gpu_memory_gib is None:
-            raise click.UsageError("--compute-capability goes with --gpu-memory-gib")
-
-
-# The ad-hoc options in --help order; each maps to the AdhocPlan field of its name.
-_ADHOC_OPTIONS = (
-    click.option("--model", help="Ad-hoc: hub id (owner/name), a local model dir, or a .gguf file."),
-    click.option("--revision", default="main", show_default=True, help="Ad-hoc: hub revision."),
-    click.option("--format", "fmt", type=click.Choice(FORMATS), help="Ad-hoc: weight format."),
-    click.option("--engine", type=click.Choice(["vllm", "llama.cpp"]), default=None,
-                 help="Ad-hoc: engine [default: llama.cpp for gguf-*, else vllm]."),
-    click.option("--gpu", type=click.Choice(GPUS), help="Ad-hoc: a GPU from the catalog."),
-    click.option("--gpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
-                 help="Ad-hoc: another GPU's total memory as the driver reports it (GiB)."),
-    click.option("--compute-capability", type=click.FloatRange(min=3.0, max=20.0), default=None,
-                 help="Ad-hoc: that GPU's compute capability [default: 8.0]."),
-    click.option("--cpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
-                 help="Ad-hoc, llama.cpp: plan in host RAM of this size instead of a GPU."),
-    click.option("--tensor-parallel-size", "-tp", type=click.IntRange(min=1), default=1,
-                 show_default=True, help="Ad-hoc: GPUs per engine instance."),
-    click.option("--max-model-len", type=click.IntRange(min=16),
-                 help="Ad-hoc: longest request [default: the model's context length]."),
-    click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True),
-                 help="Ad-hoc: vLLM's share of total GPU memory [default: 0.92, vLLM 0.33.0]."),
-    click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto",
-                 show_default=True, help="Ad-hoc: KV cache element type."),
-    click.option("--max-num-batched-tokens", type=click.IntRange(min=16),
-                 help="Ad-hoc: vLLM's profiled batch [default: by GPU class, as vLLM picks]."),
-    click.option("--max-num-seqs", type=click.IntRange(min=1),
-                 help="Ad-hoc: vLLM's running-sequence limit [default: by GPU class]."),
-    click.option("--cuda-graph-gib", type=click.FloatRange(min=0),
-                 help="Ad-hoc: CUDA-graph pool to subtract (0 for --enforce-eager or vLLM < 0.21) "
-                      "[default: an estimate]."),
-    click.option("--parallel", type=click.IntRange(min=1),
-                 help="Ad-hoc, llama.cpp: server slots [default: as many as fit]."),
-)
-
-
-def _adhoc_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Apply _ADHOC_OPTIONS as if stacked as decorators in that order."""
-    for option in reversed(_ADHOC_OPTIONS):
-        command = option(command)
-    return command
-
-
-@cli.command()
-@click.option("--stack", "stack", help="Plan this stack (stacks/Pulumi.<stack>.yaml).")
-@_adhoc_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def plan(stack: str | None, as_json: bool, **adhoc: Any) -> None:
-    """Memory plan: GPUs, tensor parallelism, replicas, engine flags and cost.
-
-    \b
-    For a stack:  qinfra plan --stack prod
-    Ad-hoc:       qinfra plan --model DIR_OR_HUB_ID --format awq --gpu l4 --json
-
-    Every memory term is shown per GPU rank, and the estimated ones say so. Exit codes:
-    0 the plan fits, 1 it does not fit or the combination is refused, 2 bad usage.
-    """
-    args = AdhocPlan(**adhoc)
-    if stack and args.model:
-        raise click.UsageError("give either --stack or --model, not both")
-    if stack:
-        _plan_stack(stack, as_json)
-    else:
-        args.check()
-        _plan_adhoc(args, as_json)
-
-
-def _plan_adhoc(args: AdhocPlan, as_json: bool) -> NoReturn:
-    """Plan one engine instance of args.model; exits 0 when it fits, 1 when not."""
-    from qinfra.core import modelinfo
-    from qinfra.core.formats import Engine, Format, format_info
-    from qinfra.core.hardware import adhoc_gpu, catalog
-    from qinfra.core.spec import KvCacheDtype
-    from qinfra.planning.planner import EngineOptions, plan_engine
-
-    assert args.model is not None and args.fmt is not None  # AdhocPlan.check ran
-    engine = Engine(args.engine) if args.engine else (
-        Engine.LLAMA_CPP if format_info(args.fmt).is_gguf else Engine.VLLM)
-    if args.cpu_memory_gib is not None and engine is not Engine.LLAMA_CPP:
-        raise click.UsageError("--cpu-memory-gib plans are for --engine llama.cpp")
-    device = None
-    if args.gpu:
-        device = catalog().gpu(args.gpu)
-    elif args.gpu_memory_gib is not None:
-        device = adhoc_gpu(args.gpu_memory_gib, args.compute_capability or 8.0)
-    opts = EngineOptions(
-        engine=engine,
-        tensor_parallel_size=args.tensor_parallel_size,
-        max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_dtype=KvCacheDtype(args.kv_cache_dtype),
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_num_seqs=args.max_num_seqs,
-        cuda_graph_gib=args.cuda_graph_gib,
-        parallel=args.parallel,
-    )
-    try:
-        info = modelinfo.load(args.model, args.revision)
-    except QinfraError as exc:
-        if as_json:
-            echo_json({"fits": False, "errors": [exc.message], "warnings": []})
-        raise
-    result = plan_engine(info, Format(args.fmt), device, opts,
-                         host_memory_gib=args.cpu_memory_gib or 0)
-    if as_json:
-        from qinfra.cli.views import engine_plan_dict
-
-        echo_json(engine_plan_dict(result))
-    else:
-        from qinfra.cli.views import print_engine_plan
-
-        print_engine_plan(_stdout(), result)
-    sys.exit(0 if result.fits else 1)
-
-
-def _plan_stack(stack: str, as_json: bool) -> NoReturn:
-    """Plan every variant's fleet of a stack; exits 0 when all fit, 1 when one does not."""
-    from qinfra.core.spec import load_stack
-    from qinfra.planning.stack import plan_for
-
-    result = plan_for(load_stack(stack))
-    if as_json:
-        from qinfra.cli.views import stack_plan_dict
-
-        echo_json(stack_plan_dict(result))
-    else:
-        from qinfra.cli.views import print_stack_plan
-
-        print_stack_plan(_stdout(), result)
-    sys.exit(0 if result.fits else 1)
-
-
-def _stdout() -> Any:
-    """A rich console on stdout (rich is imported only by commands that print tables)."""
-    from rich.console import Console
-
-    return Console()
 
 
 def main() -> None:

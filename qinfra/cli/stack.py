@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +19,7 @@ _stack_option = click.option("--stack", "stack", required=True, metavar="NAME",
 _yes_option = click.option("--yes", "-y", is_flag=True,
                            help="Apply without asking (for scripts and CI).")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+DEFAULT_PAGE = 20  # history entries a page shows: a screenful
 
 
 def _console(stderr: bool = False) -> Any:
@@ -35,18 +39,16 @@ def _load(stack: str) -> Any:
 
 
 def _preview_with_deployed(deployer: Any, spec: Any) -> Any:
-    """Preview and read the deployed plan (the stack's `plan` output) side by side."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Preview, and the deployed plan (the stack's `plan` output) as the preview's own Stack
+    step reports it: no `stack output` calls beside the preview (they ran the CLI twice)."""
     from qinfra.deploy.preview import build_report, deployed_plan
     from qinfra.planning.stack import plan_for
 
-    deployer.stack()  # select (or create) the stack once, before the two calls share it
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        before = pool.submit(deployed_plan, lambda: deployer.outputs(mask_secrets=True))
-        outcome = deployer.preview()
-        return build_report(spec.name, outcome.changes, outcome.summary, before.result(),
-                            plan_for(spec))
+    outcome = deployer.preview()
+    before = outcome.outputs_before
+    deployed = deployed_plan(lambda: before if before is not None
+                             else deployer.outputs(mask_secrets=True))
+    return build_report(spec.name, outcome.changes, outcome.summary, deployed, plan_for(spec))
 
 
 def _print_report(report: Any, as_json: bool, markdown: bool) -> None:
@@ -88,52 +90,89 @@ def _print_rich(report: Any) -> None:
     console.print(f"cost: ${report.usd_per_hour_after:,.2f}/hour ({report.deployed.describe()})")
 
 
+def _require_terminal(yes: bool, unchanged: str = "") -> None:
+    """A question needs someone to answer it: without --yes and a terminal, stop now."""
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError(f"not a terminal: pass --yes to apply without asking{unchanged}")
+
+
 def _confirm(yes: bool, question: str) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise click.UsageError("not a terminal: pass --yes to apply without asking")
-    if not click.confirm(question, default=False):
+    _require_terminal(yes)
+    if not yes and not click.confirm(question, default=False):
         raise click.Abort()
 
 
+class _Consent:
+    """Whether the user agreed to apply an edited stack file (see `_until_consent`)."""
+
+    given = False
+
+
+@contextmanager
+def _until_consent(path: Path) -> Iterator[_Consent]:
+    """The stack file's exact bytes, put back if the block ends before the user agreed (a
+    "no", a failed preview, a lock, Ctrl-C). The engine previews from the file, so the edit has
+    to be on disk while the question is asked; after consent it stays, failed or not."""
+    from qinfra.core.fileio import write_atomic
+
+    before = path.read_bytes()
+    consent = _Consent()
+    try:
+        yield consent
+    except BaseException:
+        if not consent.given and path.read_bytes() != before:
+            write_atomic(path, before)
+            click.echo(f"{path} left as it was: the change was not applied", err=True)
+        raise
+
+
 def _ensure_artifacts(spec: Any, quiet: bool) -> Any:
-    """Push and pin whatever the stack file does not pin or the store does not hold."""
+    """Push and pin what the stack file does not pin; push a pinned artifact the store lacks
+    only when its source makes exactly that pin (else ArtifactError: never re-pinned here)."""
     from qinfra.artifacts import push as art
     from qinfra.core.spec import load_stack
     from qinfra.deploy.stackfile import update_stack_file
 
-    uris = [variant.artifact for _, variant in spec.variants.pairs()]
-    if all(uri is not None and _stored(uri) for uri in uris):
+    state = art.pin_state(spec)
+    if not state.to_push:
         return spec
     from qinfra.cli.artifacts import progress_bars
 
     with progress_bars(quiet=quiet) as progress:
-        results = art.push_stack(spec, progress=progress)
+        results = art.push_stack(
+            spec, progress=progress, only=state.to_push, restore=state.not_held
+        )
     diff = update_stack_file(spec.path, art.pins(results))
     if diff and not quiet:
         click.echo(diff.rstrip("\n"), err=True)
     return load_stack(spec.name)
 
 
-def _stored(uri: str) -> bool:
-    """A pinned artifact is usable when its manifest (written last) is in the store."""
-    from qinfra.artifacts.manifest import MANIFEST_NAME, split_artifact_uri
-    from qinfra.artifacts.stores import open_store
+def _end_orphans(deployer: Any) -> None:
+    """End what a killed update left running (its dynamic provider, its program), and say so."""
+    from qinfra.deploy.processes import end_orphans, engine_records
 
-    parsed = split_artifact_uri(uri)
-    return open_store(parsed.store).read(f"{parsed.artifact_id}/{MANIFEST_NAME}") is not None
+    for ended in end_orphans(engine_records(Path(deployer.env()["QINFRA_RUN_DIR"]))):
+        click.echo(f"ended the {ended.role} (pid {ended.process.pid}) an interrupted update left "
+                   "running", err=True)
 
 
-def _apply(spec: Any, yes: bool, as_json: bool) -> None:
+def _apply(spec: Any, yes: bool, as_json: bool, consent: _Consent | None = None) -> None:
+    """Preview, ask, apply. A lock another update holds fails here, before the preview."""
     from qinfra.deploy.engine import Deployer
 
     deployer = Deployer(spec.name, backend=spec.backend)
+    deployer.check_unlocked()
+    _end_orphans(deployer)
     if not yes or not as_json:
-        report = _preview_with_deployed(deployer, spec)
-        if not as_json:
-            _print_report(report, False, False)
-        _confirm(yes, f"Apply these changes to stack {spec.name}?")
+        with deployer.transient() as scratch:  # a "no" to a first deployment leaves no stack
+            report = _preview_with_deployed(deployer, spec)
+            if not as_json:
+                _print_report(report, False, False)
+            _confirm(yes, f"Apply these changes to stack {spec.name}?")
+            scratch.keep = True
+    if consent is not None:
+        consent.given = True
     if not as_json:
         _console(stderr=True).print("[dim]applying; servers count once healthy and warm…[/]")
     outcome = deployer.up()
@@ -189,7 +228,10 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
     from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
-    _print_report(_preview_with_deployed(Deployer(stack, backend=spec.backend), spec), as_json, markdown)
+    deployer = Deployer(stack, backend=spec.backend)
+    with deployer.transient():  # a stack never deployed is previewed, and not left behind
+        report = _preview_with_deployed(deployer, spec)
+    _print_report(report, as_json, markdown)
 
 
 @click.command(cls=Command)
@@ -197,28 +239,39 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
 @_yes_option
 @_json_option
 def up(stack: str, yes: bool, as_json: bool) -> None:
-    """Push and pin missing artifacts, preview, apply, wait until every server is healthy."""
-    spec = _ensure_artifacts(_load(stack), quiet=as_json)
-    _apply(spec, yes, as_json)
+    """Push and pin missing artifacts, preview, apply, wait until every server is healthy.
+
+    Fails at once, before pushing or previewing, while another update holds the stack's lock.
+    """
+    from qinfra.deploy.engine import Deployer
+
+    spec = _load(stack)
+    Deployer(stack, backend=spec.backend).check_unlocked()
+    _apply(_ensure_artifacts(spec, quiet=as_json), yes, as_json)
 
 
 def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply: bool,
                     as_json: bool) -> None:
+    """Rewrite the stack file, then preview and apply it; without consent (no terminal, a
+    "no", a failure before the question) the file ends byte for byte as it began."""
     from qinfra.core.spec import load_stack
     from qinfra.deploy.stackfile import update_stack_file
 
     spec = _load(stack)
-    diff = update_stack_file(spec.path, updates)
-    if not as_json:
-        click.echo(diff.rstrip("\n") if diff else f"{spec.path} already says so")
-    if no_apply:
-        if as_json:
-            echo_json({"stack": stack, "diff": diff, "applied": False})
-        elif diff:
-            click.echo("left for review: commit the stack file and let `pulumi preview` show the "
-                       "change in the pull request")
-        return
-    _apply(load_stack(stack), yes, as_json)
+    if not no_apply:
+        _require_terminal(yes, f"; {spec.path} was not changed")
+    with _until_consent(spec.path) as consent:
+        diff = update_stack_file(spec.path, updates)
+        if not as_json:
+            click.echo(diff.rstrip("\n") if diff else f"{spec.path} already says so")
+        if no_apply:
+            if as_json:
+                echo_json({"stack": stack, "diff": diff, "applied": False})
+            elif diff:
+                click.echo("left for review: commit the stack file and let `pulumi preview` show "
+                           "the change in the pull request")
+            return
+        _apply(load_stack(stack), yes, as_json, consent)
 
 
 @click.command(cls=Command)
@@ -230,7 +283,8 @@ def rollback(stack: str, yes: bool, no_apply: bool, as_json: bool) -> None:
     """Send all traffic back to the baseline: rewrite the stack file, preview, apply.
 
     The change is two lines of stacks/Pulumi.<NAME>.yaml (stage: rollback, quantized_percent: 0);
-    the quantized fleet is kept at zero replicas so rolling forward again is fast.
+    the quantized fleet is kept at zero replicas so rolling forward again is fast. Answered "no"
+    (or with no terminal and no --yes) the stack file is left exactly as it was.
     """
     from qinfra.deploy.rollout import rollback as rollback_edit
 
@@ -297,23 +351,30 @@ def _health(outputs: dict[str, Any]) -> dict[str, str]:
 
 @click.command(cls=Command)
 @_stack_option
+@click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_PAGE, show_default=True,
+              help="Entries per page; 0 for every entry.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which page, 1 the newest.")
 @_json_option
-def history(stack: str, as_json: bool) -> None:
-    """Every update of the stack, newest first, with its stage, traffic and artifact URIs."""
+def history(stack: str, limit: int, page: int, as_json: bool) -> None:
+    """Every update of the stack, newest first and paged, with its number, result, stage,
+    traffic and artifact URIs; failed updates included."""
     from qinfra.deploy.engine import Deployer
-    from qinfra.deploy.history import entries
+    from qinfra.deploy.history import entries, paged
 
     spec = _load(stack)
-    rows = entries(stack, Deployer(stack, backend=spec.backend).history())
+    every = entries(stack, Deployer(stack, backend=spec.backend).history())
+    shown = paged(every, limit, page)
     if as_json:
-        echo_json(rows)
+        echo_json(shown.rows)
         return
     from rich.table import Table
 
-    table = Table(title=f"{stack}: history", title_justify="left")
+    table = Table(title=f"{stack}: history", title_justify="left", caption=shown.describe(),
+                  caption_justify="left")
     for col in ("version", "kind", "result", "started", "stage", "traffic", "artifacts"):
         table.add_column(col, overflow="fold")
-    for row in rows:
+    for row in shown.rows:
         w = row["traffic_percent"] or {}
         table.add_row(str(row["version"]), row["kind"], row["result"], row["start_time"],
                       str(row["stage"]), " / ".join(f"{k} {v}%" for k, v in w.items()),
@@ -330,7 +391,9 @@ def destroy(stack: str, yes: bool) -> None:
 
     spec = _load(stack)
     _confirm(yes, f"Destroy every resource of stack {stack}?")
-    outcome = Deployer(stack, backend=spec.backend).destroy()
+    deployer = Deployer(stack, backend=spec.backend)
+    _end_orphans(deployer)
+    outcome = deployer.destroy()
     click.echo(f"destroyed: {outcome.summary.get('delete', 0)} resources")
 
 

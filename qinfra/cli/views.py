@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qinfra.planning.planner import GIB, EnginePlan
-from qinfra.planning.sizing import FleetOption, StackPlan, VariantPlan
+from qinfra.planning.engine_plan import GIB
+
+if TYPE_CHECKING:  # sizing imports the stack schema (pydantic), which an ad-hoc plan never needs
+    from qinfra.planning.engine_plan import EnginePlan
+    from qinfra.planning.sizing import FleetOption, StackPlan, VariantPlan
 
 
 def _gib(value: int) -> float:

@@ -7,7 +7,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 # An artifact is named by the sha256 of its manifest.json (see qinfra.artifacts.manifest).
 ARTIFACT_ID = re.compile(r"sha256-(?P<hex>[0-9a-f]{64})")
@@ -25,6 +25,8 @@ def parse_store_uri(uri: str) -> str:
 
     Raises ValueError saying what is expected; callers wrap it in their own error type.
     """
+    if _dot_segments(uri):
+        raise ValueError(f"must be {STORE_URI_SHAPE} without '.' or '..' path segments")
     if uri.startswith("s3://") and urlparse(uri).netloc:
         return uri.rstrip("/")
     if uri.startswith("file:///"):
@@ -67,9 +69,19 @@ def parse_artifact_uri(uri: str) -> ArtifactUri:
 
     Raises ValueError saying what is expected; callers wrap it in their own error type.
     """
+    if _dot_segments(uri):
+        raise ValueError(f"must be {ARTIFACT_URI_SHAPE} without '.' or '..' path segments. "
+                         "To fix: pin it with `qinfra artifacts push --stack`")
     store, _, last = uri.rstrip("/").rpartition("/")
     if is_artifact_id(last):
         with contextlib.suppress(ValueError):
             return ArtifactUri(parse_store_uri(store), last)
     raise ValueError(f"must be {ARTIFACT_URI_SHAPE}, <store> being {STORE_URI_SHAPE}. To fix: "
                      "pin it with `qinfra artifacts push --stack`")
+
+
+def _dot_segments(uri: str) -> bool:
+    """One artifact, one spelling: `..` could name content outside the store a stack declares,
+    and a pin must read as exactly what runs, so '.' and '..' segments are refused."""
+    # Decoded as the file store decodes its path, so %2e%2e is caught too.
+    return any(unquote(part) in {".", ".."} for part in urlparse(uri).path.split("/"))

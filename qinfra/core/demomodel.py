@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import gguf
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from qinfra.core.fileio import replacing
+
+if TYPE_CHECKING:  # imported where the model is written: `qinfra plan` reads only its facts
+    import gguf
+    import numpy as np
 
 # K-quants (Q4_K, Q6_K, ...) pack rows in super-blocks of 256 values; llama-quantize falls back to
 # a legacy type for a tensor whose row length is not a multiple of this
@@ -96,6 +97,8 @@ def write_demo_model(path: Path, *, seed: int = 0, facts: DemoModelFacts = DEMO_
     The same seed and facts give the same bytes, so the artifact's sha256 is stable. The file is
     written beside `path` and renamed into place, so an interrupted run leaves no partial model.
     """
+    import gguf
+
     path = Path(path)
     with replacing(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
@@ -135,6 +138,8 @@ def demo_config_json(facts: DemoModelFacts = DEMO_FACTS) -> dict[str, Any]:
 
 def _add_metadata(writer: gguf.GGUFWriter, facts: DemoModelFacts) -> None:
     """The llama.* hyperparameters llama.cpp needs to build the graph."""
+    import gguf
+
     writer.add_name("qinfra-demo")
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_context_length(facts.n_ctx_train)
@@ -168,6 +173,8 @@ def _add_tokenizer(writer: gguf.GGUFWriter, facts: DemoModelFacts) -> None:
 
 def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     """Tokens, SentencePiece scores (higher merges first) and token types, n_vocab long."""
+    import gguf
+
     special_types = [
         gguf.TokenType.UNKNOWN,
         gguf.TokenType.CONTROL,
@@ -191,6 +198,8 @@ def _tensors(facts: DemoModelFacts, seed: int) -> list[tuple[str, np.ndarray]]:
     Matrices are F16 like a 16-bit baseline; 1-D norm weights stay F32 as llama.cpp's converter
     writes them.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_vocab = facts.n_embd, facts.n_ff, facts.n_vocab
     n_embd_kv = facts.head_dim * facts.n_head_kv

@@ -6,7 +6,6 @@ The root is a plain Exception so that core and planning import no CLI framework;
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -60,8 +59,17 @@ class DeployError(QinfraError):
     """A Pulumi operation (preview, up, destroy, a state read) or its preflight that failed."""
 
 
+class NeverDeployedError(DeployError):
+    """A read (status, history) of a stack the state backend does not hold; nothing was
+    created to answer it. Exit 3, so scripts can tell "never deployed" from a failure."""
+
+    exit_code = 3
+
+
 def suggest(value: str, allowed: Iterable[str]) -> str:
     """`Did you mean 'x'?` for a near miss, else the empty string."""
+    import difflib  # here, not at the top: every command imports this module, few suggest
+
     names = list(allowed)
     prefixed = [name for name in names if name.startswith(value) or value.startswith(name)]
     close = prefixed or difflib.get_close_matches(value, names, n=1, cutoff=0.6)

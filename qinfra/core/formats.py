@@ -6,7 +6,8 @@ import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from importlib import resources
+
+from qinfra.core.data import DATA_DIR
 
 VLLM_VERSION = "0.33.0"
 """The vLLM release the planner's defaults and the rendered flags are taken from."""
@@ -43,6 +44,14 @@ class Format(StrEnum):
 class FormatKind(StrEnum):
     BASELINE = "baseline"
     QUANTIZED = "quantized"
+
+
+class KvCacheDtype(StrEnum):
+    """The KV cache's element type (`qinfra:serving.kv_cache_dtype`); here rather than in spec so
+    the planner reads it without loading the stack schema (pydantic)."""
+
+    AUTO = "auto"
+    FP8 = "fp8"
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ class Verdict:
 
 @cache
 def format_table() -> dict[Format, FormatInfo]:
-    raw = tomllib.loads(resources.files("qinfra.core.data").joinpath("formats.toml").read_text())
+    raw = tomllib.loads((DATA_DIR / "formats.toml").read_text())
     table: dict[Format, FormatInfo] = {}
     for name, row in raw.items():
         fmt = Format(name)

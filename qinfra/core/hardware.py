@@ -5,8 +5,8 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 
+from qinfra.core.data import DATA_DIR
 from qinfra.core.errors import SpecError, suggest
 
 
@@ -62,7 +62,7 @@ class Catalog:
 
 
 def _read(name: str) -> dict:
-    return tomllib.loads(resources.files("qinfra.core.data").joinpath(name).read_text())
+    return tomllib.loads((DATA_DIR / name).read_text())
 
 
 @cache

@@ -7,10 +7,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qinfra.core.data import DATA_DIR
 from qinfra.core.errors import ModelInfoError
 from qinfra.core.hub import hub_file, is_hub_id
 
@@ -254,7 +254,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 @functools.cache
 def shipped_models() -> dict[str, ShippedModel]:
     """Shipped facts by lower-cased hub id and alias (the hub resolves ids case-insensitively)."""
-    folder = resources.files("qinfra.core.data").joinpath("models")
+    folder = DATA_DIR / "models"
     out: dict[str, ShippedModel] = {}
     for item in sorted(folder.iterdir(), key=lambda f: f.name):
         if not item.name.endswith(".json"):
@@ -271,9 +271,25 @@ def shipped_models() -> dict[str, ShippedModel]:
     return out
 
 
-def load(model_id: str, revision: str = "main") -> ModelInfo:
-    """Facts for the built-in demo model, a local directory or file, the shipped facts of a hub
-    id (at "main" or their pinned commit), or else the hub's config.json at `revision`.
+def resolve_path(model_id: str, root: Path | None = None) -> str:
+    """`model_id` with a relative local path made absolute against `root`, the project root.
+
+    A stack file is read by the CLI (from any folder) and by the Pulumi program (run from its
+    own folder); resolving against the project both times makes `./mymodel` mean one thing.
+    The demo id, absolute and `~` paths, and ids naming no file or folder under `root` (hub ids)
+    stay as written; with no `root` (an ad-hoc `qinfra plan --model`) the cwd is the start.
+    """
+    path = Path(model_id)
+    if root is None or model_id == DEMO_MODEL_ID or path.is_absolute() or model_id.startswith("~"):
+        return model_id
+    under = root / path
+    return str(under) if under.exists() else model_id
+
+
+def load(model_id: str, revision: str = "main", root: Path | None = None) -> ModelInfo:
+    """Facts for the built-in demo model, a local directory or file (relative to `root`, see
+    `resolve_path`), the shipped facts of a hub id (at "main" or their pinned commit), or else
+    the hub's config.json at `revision`.
 
     Only config.json is downloaded, after one short reachability request (hub.hub_file), so an
     unreachable hub fails in seconds; HF_TOKEN and HF_HUB_OFFLINE are honoured.
@@ -282,7 +298,7 @@ def load(model_id: str, revision: str = "main") -> ModelInfo:
         from qinfra.core.demomodel import demo_config_json
 
         return from_config(demo_config_json(), name=DEMO_MODEL_ID)
-    path = Path(model_id).expanduser()
+    path = Path(resolve_path(model_id, root)).expanduser()
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():

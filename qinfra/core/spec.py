@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
-from enum import Enum, StrEnum
+from collections.abc import Collection, Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from qinfra.core import spec_problems
 from qinfra.core.artifact_uri import parse_artifact_uri, parse_store_uri
 from qinfra.core.errors import SpecError, suggest
 from qinfra.core.formats import (
@@ -18,13 +28,21 @@ from qinfra.core.formats import (
     Engine,
     Format,
     FormatKind,
+    KvCacheDtype,
     engine_loads,
     format_info,
     formats_loaded_by,
 )
+from qinfra.core.spec_problems import FieldError
 
 NAMESPACE = "qinfra"
 STACKS_DIR_ENV = "QINFRA_STACKS_DIR"
+MAX_PORT = 65535
+
+# Numbers as users write them: a YAML `true` is not 1 and `.inf` is not a size. Strict keeps
+# booleans and strings out (an int is still a valid float); finite keeps inf and nan out.
+Whole = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 class Target(StrEnum):
@@ -59,11 +77,6 @@ def traffic_percent(stage: Stage, quantized_percent: int) -> dict[Variant, int]:
     fleet shares all read this one rule."""
     quantized = 0 if stage in (Stage.ROLLBACK, Stage.BASELINE_ONLY) else quantized_percent
     return {Variant.BASELINE: 100 - quantized, Variant.QUANTIZED: quantized}
-
-
-class KvCacheDtype(StrEnum):
-    AUTO = "auto"
-    FP8 = "fp8"
 
 
 class Encrypted(BaseModel):
@@ -133,7 +146,7 @@ class VariantsSpec(_Model):
             want, fmt = name.kind, variant.format
             if format_info(fmt).kind is not want:
                 allowed = [f.value for f in Format if format_info(f).kind is want]
-                raise _FieldError(
+                raise FieldError(
                     (name, "format"), fmt.value, f"a {want.value} format: {', '.join(allowed)}"
                 )
         return self
@@ -141,18 +154,19 @@ class VariantsSpec(_Model):
 
 class ServingSpec(_Model):
     engine: Engine = Field(description="Serving engine.")
-    max_model_len: int = Field(ge=16, le=10_000_000, description="Longest request (prompt + "
+    max_model_len: Whole = Field(ge=16, le=10_000_000, description="Longest request (prompt + "
                                "output tokens) every replica must accept.")
-    concurrency: int = Field(ge=1, le=1_000_000, description="Sequences at max_model_len the "
+    concurrency: Whole = Field(ge=1, le=1_000_000, description="Sequences at max_model_len the "
                              "whole fleet must hold at once.")
-    gpu_memory_utilization: float = Field(VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0.0, le=0.99,
+    gpu_memory_utilization: Number = Field(VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0.0, le=0.99,
                                           description="vLLM's share of "
                                           "each GPU's total memory.")
     kv_cache_dtype: KvCacheDtype = Field(KvCacheDtype.AUTO, description="auto (model dtype) or "
                                          "fp8 (1 byte per element).")
-    max_num_batched_tokens: int | None = Field(None, ge=16, description="vLLM's prefill chunk; "
+    max_num_batched_tokens: Whole | None = Field(None, ge=16, description="vLLM's prefill chunk; "
                                                "default by GPU class as vLLM does.")
-    port: int = Field(8000, ge=1, le=65535, description="Port the engine listens on.")
+    port: Whole = Field(8000, ge=1, le=MAX_PORT, description="Port the engine listens on "
+                        "(target local: the baseline; the quantized variant takes port + 1).")
 
     def local_port(self, variant: Variant) -> int:
         """Where a variant listens when both share one host (target local): the baseline on
@@ -161,15 +175,15 @@ class ServingSpec(_Model):
 
 
 class CpuSpec(_Model):
-    memory_gib: float = Field(gt=0, description="RAM llama.cpp may use on the host.")
-    threads: int = Field(ge=1, le=1024, description="--threads for llama-server.")
+    memory_gib: Number = Field(gt=0, description="RAM llama.cpp may use on the host.")
+    threads: Whole = Field(ge=1, le=1024, description="--threads for llama-server.")
 
 
 class FleetSpec(_Model):
     gpus: list[str] = Field(default_factory=list, description="GPU models the planner may "
                             "choose from (see `qinfra plan --help`).")
     cpu: CpuSpec | None = Field(None, description="Serve on CPU RAM (llama.cpp only).")
-    max_tensor_parallel: int = Field(8, ge=1, le=8, description="Largest tensor-parallel size.")
+    max_tensor_parallel: Whole = Field(8, ge=1, le=8, description="Largest tensor-parallel size.")
 
     @field_validator("gpus")
     @classmethod
@@ -179,7 +193,7 @@ class FleetSpec(_Model):
         known = catalog().gpus
         for i, name in enumerate(gpus):
             if name not in known:
-                raise _FieldError(
+                raise FieldError(
                     (i,), name, f"one of {', '.join(known)}.{suggest(name, known)}"
                 )
         return gpus
@@ -193,7 +207,7 @@ class FleetSpec(_Model):
 
 class RolloutSpec(_Model):
     stage: Stage = Field(description="Where the quantized variant is in its rollout.")
-    quantized_percent: Annotated[int, Field(ge=0, le=100)] = Field(
+    quantized_percent: Annotated[Whole, Field(ge=0, le=100)] = Field(
         description="Share of traffic sent to the quantized variant."
     )
 
@@ -207,7 +221,7 @@ class RolloutSpec(_Model):
         if self.quantized_percent not in allowed:
             lo, hi = allowed.start, allowed.stop - 1
             want = str(lo) if lo == hi else f"{lo}..{hi}"
-            raise _FieldError(
+            raise FieldError(
                 ("quantized_percent",),
                 self.quantized_percent,
                 f"{want} in stage {self.stage.value}",
@@ -259,6 +273,22 @@ class StackSpec(_Model):
     provider_config: dict[str, Any] = Field(default_factory=dict, description="Other "
                                             "namespaces' keys (aws:region, kubernetes:...).")
     path: Path | None = None
+    root: Path | None = Field(None, description="The project root (the folder holding "
+                              "Pulumi.yaml): relative model and source paths start here.")
+
+    def ports(self) -> range:
+        """Every port the target listens on from the stack file alone: on target local both
+        variants share one host, side by side (`ServingSpec.local_port`)."""
+        if self.target is Target.LOCAL:
+            return range(self.serving.port, self.serving.port + len(Variant))
+        return range(self.serving.port, self.serving.port + 1)
+
+    def local_source(self, source: str) -> str:
+        """`source` (model.id or a variant's source) with a relative local path made absolute
+        against the project root, as the CLI and the Pulumi program must both read it."""
+        from qinfra.core.modelinfo import resolve_path
+
+        return resolve_path(source, self.root)
 
     @model_validator(mode="after")
     def _combinations(self) -> StackSpec:
@@ -267,17 +297,21 @@ class StackSpec(_Model):
             fmt = variant.format
             if not engine_loads(engine, fmt):
                 loads = [f.value for f in formats_loaded_by(engine)]
-                raise _FieldError(
+                raise FieldError(
                     ("variants", name, "format"),
                     fmt.value,
                     f"a format {engine.value} loads: {', '.join(loads)}",
                 )
         if self.fleet.cpu is not None and engine is not Engine.LLAMA_CPP:
-            raise _FieldError(("fleet", "cpu"), "cpu", "only with serving.engine llama.cpp")
+            raise FieldError(("fleet", "cpu"), "cpu", "only with serving.engine llama.cpp")
         if self.target is Target.LOCAL and engine is not Engine.LLAMA_CPP:
-            raise _FieldError(("serving", "engine"), engine.value, "llama.cpp for target local")
+            raise FieldError(("serving", "engine"), engine.value, "llama.cpp for target local")
+        if (last := self.ports()[-1]) > MAX_PORT:
+            used = len(self.ports())
+            raise FieldError(("serving", "port"), self.serving.port,
+                              f"1..{MAX_PORT - used + 1} for target {self.target.value}, which "
+                              f"listens on {used} ports from it (the last would be {last})")
         return self
-
 
     @field_validator("backend")
     @classmethod
@@ -287,22 +321,16 @@ class StackSpec(_Model):
         raise ValueError("must be s3://bucket[/prefix] or file:///absolute/path")
 
 
-class _FieldError(ValueError):
-    """A validation failure that knows its key path below the field being validated."""
-
-    def __init__(self, loc: tuple[str | int, ...], value: Any, allowed: str):
-        super().__init__(f"got {value!r}; allowed: {allowed}")
-        self.loc = loc
-
-
 _SECRET_KEYS = {"api_key", "hf_token"}
-_FIELDS = [k for k in StackSpec.model_fields if k not in {"name", "path", "provider_config"}]
+_FIELDS = [k for k in StackSpec.model_fields
+           if k not in {"name", "path", "root", "provider_config"}]
 
 
 def parse_config(
-    config: Mapping[str, Any], stack: str, path: Path | None = None
+    config: Mapping[str, Any], stack: str, path: Path | None = None, root: Path | None = None
 ) -> StackSpec:
-    """Validate a stack's config mapping (keys `qinfra:...` and other namespaces).
+    """Validate a stack's config mapping (keys `qinfra:...` and other namespaces); `root` is
+    the project root relative paths start from (default: the one holding `path`).
 
     Raises SpecError naming every bad key path with its value and what is allowed.
     """
@@ -324,82 +352,13 @@ def parse_config(
                             f"`pulumi config set --secret {NAMESPACE}:{key}` --stack {stack}")
             ours.pop(key)
     try:
-        spec = StackSpec(name=stack, provider_config=others, path=path, **ours)
+        root = root or (project_root(path) if path else None)
+        spec = StackSpec(name=stack, provider_config=others, path=path, root=root, **ours)
     except ValidationError as exc:
-        problems.extend(_problems(exc, ours))
+        problems.extend(spec_problems.problems(exc, ours, StackSpec, NAMESPACE))
     if problems:
-        raise SpecError(_report(stack, path, problems))
+        raise SpecError(spec_problems.report(stack, path, problems))
     return spec
-
-
-def _problems(exc: ValidationError, given: Mapping[str, Any]) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = list(err["loc"])
-        ctx = err.get("ctx") or {}
-        inner = ctx.get("error")
-        if isinstance(inner, _FieldError):
-            loc += list(inner.loc)
-            msg = str(inner)
-        else:
-            msg = _message(err, _lookup(given, loc))
-        out.append(f"{_key(loc)}: {msg}")
-    return out
-
-
-def _message(err: Any, value: Any) -> str:
-    kind = err["type"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return f"unknown key (value {value!r})"
-    if kind == "enum":
-        expected = err.get("ctx", {}).get("expected", "")
-        names = [m.value for m in enum] if (enum := _enum_at(err["loc"])) else []
-        return f"got {value!r}; allowed: {expected}.{suggest(str(value), names)}"
-    text = err["msg"].removeprefix("Value error, ")
-    return f"got {value!r}; {text[:1].lower()}{text[1:]}"
-
-
-def _enum_at(loc: Sequence[str | int]) -> type[Enum] | None:
-    """The enum type of the field at `loc`, read from the schema's annotations (not the message)."""
-    node: Any = StackSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue  # a list index: _unwrap already took the element type
-        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
-            return None
-        node = _unwrap(node.model_fields[part].annotation)
-    return node if isinstance(node, type) and issubclass(node, Enum) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    """`X | None` and `list[X]` -> X; other shapes stay as they are."""
-    while len(args := [a for a in get_args(annotation) if a is not type(None)]) == 1:
-        annotation = args[0]
-    return annotation
-
-
-def _lookup(given: Any, loc: list[Any]) -> Any:
-    for part in loc:
-        try:
-            given = given[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return given
-
-
-def _key(loc: list[Any]) -> str:
-    head, *rest = loc or ["?"]
-    key = f"{NAMESPACE}:{head}"
-    for part in rest:
-        key += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return key
-
-
-def _report(stack: str, path: Path | None, problems: list[str]) -> str:
-    where = str(path) if path else f"stack '{stack}'"
-    return f"invalid stack config in {where}:\n  " + "\n  ".join(problems)
 
 
 def stacks_dir(start: Path | None = None) -> Path:
@@ -411,6 +370,16 @@ def stacks_dir(start: Path | None = None) -> Path:
         if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
             return folder / "stacks"
     return here / "stacks"
+
+
+def project_root(stack_file: Path) -> Path:
+    """The project a stack file belongs to: the nearest folder above it holding Pulumi.yaml,
+    else the stack file's parent's parent (stackConfigDir: stacks)."""
+    folder = stack_file.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / "Pulumi.yaml").is_file():
+            return candidate
+    return folder.parent
 
 
 def stack_path(stack: str, directory: Path | None = None) -> Path:
@@ -437,7 +406,7 @@ def load_stack(stack: str, directory: Path | None = None) -> StackSpec:
 
 
 def parse_program_config(flat: Mapping[str, str], secret_keys: Collection[str],
-                         stack: str) -> StackSpec:
+                         stack: str, root: Path | None = None) -> StackSpec:
     """The same validation over the config the Pulumi program is handed (every value as text).
 
     `secret_keys` are the keys Pulumi marks secret. qinfra's own secrets never enter the spec in
@@ -453,7 +422,7 @@ def parse_program_config(flat: Mapping[str, str], secret_keys: Collection[str],
             raw[key] = PULUMI_HELD if sub in _SECRET_KEYS else _config_value(flat[key])
         elif ns != NAMESPACE and key not in secret_keys:
             raw[key] = _config_value(flat[key])
-    return parse_config(raw, stack)
+    return parse_config(raw, stack, root=root)
 
 
 # Stands in for a secret the Pulumi program reads itself (pulumi.Config.get_secret).
@@ -485,4 +454,5 @@ __all__ = [
     "load_stack",
     "parse_config",
     "parse_program_config",
+    "project_root",
 ]

@@ -14,13 +14,14 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from qinfra.core.errors import DeployError
+from qinfra.core.errors import DeployError, NeverDeployedError
 from qinfra.deploy.processes import alive
 
 BACKEND_ENV = "PULUMI_BACKEND_URL"
@@ -91,6 +92,10 @@ class Outcome:
     summary: Mapping[str, int]
     outputs: Mapping[str, Any] = field(default_factory=dict)
     log: Path | None = None
+    # The stack's outputs before the operation, secrets reading `[secret]`, as the engine's own
+    # step for the root Stack resource reports them ({} for a new stack; None: no such step
+    # seen). A preview gets the deployed plan from here rather than two `stack output` calls.
+    outputs_before: Mapping[str, Any] | None = None
 
 
 class UpdateKind(StrEnum):
@@ -145,6 +150,9 @@ _FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"the stack is currently locked.*?(?=\n\n|\Z)", re.S),
      "stack is locked by another update: {0}\nWait for it, or if it died run `pulumi cancel` "
      "(the lock file names who holds it and since when)"),
+    (re.compile(r"unexpected end of JSON input|invalid character [^\n]* (?:looking for|after)"
+                r"[^\n]*"),
+     "the stack's state file is damaged ({0}). {state}"),
     (re.compile(r"passphrase must be set with PULUMI_CONFIG_PASSPHRASE[^\n]*|incorrect passphrase"),
      "secrets passphrase problem: {0}. Set PULUMI_CONFIG_PASSPHRASE (or ..._FILE)"),
     (re.compile(r"no resource plugin 'pulumi-resource-[\w-]+'[^\n]*"),
@@ -155,20 +163,73 @@ _FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def classify(text: str, log: Path | None) -> DeployError:
-    """The user's error for an engine failure: a known cause with its fix, else the last lines."""
-    tail = "\n".join(line for line in text.strip().splitlines()[-12:])
+# A Python exception raised inside a dynamic provider (the local target's servers, artifact
+# checks), as the engine's diagnostics show it: a `<type> (<resource name>):` heading, then
+# `error: Traceback ...`, the frames, and the exception's `SomeError: message` line.
+_RESOURCE = re.compile(r"^  \S+ \(([^()\s]+)\):$")
+_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(?:Exception|\w*Error|\w*Exception): (.+)$")
+_TRACEBACK = re.compile(r'^\s*(?:error: )?(Traceback \(most recent call last\)|File "[^"]+", '
+                        r"line \d+)", re.M)
+
+
+def classify(text: str, log: Path | None, state: Path | None = None) -> DeployError:
+    """The user's error for an engine failure: a known cause with its fix; a provider's
+    exception as one line naming the resource and the cause; else the last lines. Traceback
+    lines never reach the message, only the log. `state` is the stack's state file, named when
+    it is damaged together with the backup Pulumi keeps beside it."""
     where = f"\nFull log: {log}" if log else ""
     for pattern, message in _FAILURES:
         match = pattern.search(text)
         if match:
-            return DeployError(message.format(match.group(0).strip()) + where)
+            return DeployError(message.format(match.group(0).strip(), state=_restore(state))
+                               + where)
+    if _TRACEBACK.search(text) and (cause := _provider_cause(text)):
+        return DeployError(cause + where)
+    kept = [line for line in text.strip().splitlines() if not _TRACEBACK.match(line)]
+    tail = "\n".join(kept[-12:])
     return DeployError(f"the Pulumi engine failed; last lines:\n{tail}{where}")
 
 
+def _provider_cause(text: str) -> str | None:
+    """`<resource> failed: <first line of the exception>`, a line per resource whose provider
+    raised, read from the diagnostics after their tracebacks; None when there is none."""
+    causes: dict[str, str] = {}
+    name, in_traceback = None, False
+    for line in text.splitlines():
+        if heading := _RESOURCE.match(line):
+            name, in_traceback = heading.group(1), False
+        elif _TRACEBACK.match(line):
+            in_traceback = True
+        elif in_traceback and name and (exc := _EXCEPTION.match(line)):
+            causes[name], in_traceback = exc.group(1).strip(), False
+    return "\n".join(f"{n} failed: {cause}" for n, cause in causes.items()) or None
+
+
+def _restore(state: Path | None) -> str:
+    """How to put back the copy of the state Pulumi keeps before each write."""
+    if state is None:
+        return ("Pulumi keeps the previous state beside it as <stack>.json.bak in the backend's "
+                ".pulumi/stacks/ folder; copy it over the damaged file, then run `qinfra up`")
+    backup = state.with_name(state.name + ".bak")
+    if not backup.is_file():
+        return f"{state} has no backup beside it ({backup.name}); restore it from your own copy"
+    return (f"Pulumi kept the previous state in {backup}. To fix: cp {backup} {state} "
+            f"(keep the damaged file aside first if you want it), then run `qinfra up` to "
+            "reconcile what changed since")
+
+
+@dataclass
+class Transient:
+    """A stack `Deployer.transient` created for a look; `keep` leaves it in the backend."""
+
+    keep: bool = False
+
+
 class Deployer:
-    """One qinfra stack's Pulumi stack: preview, up, destroy and the state reads. Creates the
-    stack on first use. (Named for what it does; `Engine` is the serving-engine enum.)"""
+    """One qinfra stack's Pulumi stack: preview, up, destroy and the state reads. `up` creates
+    the stack on first use; the reads and `destroy` never do, and a preview in `transient()`
+    removes the stack it had to create. (Named for what it does; `Engine` is the serving-engine
+    enum.)"""
 
     def __init__(self, stack: str, project: Project | None = None,
                  env: Mapping[str, str] | None = None, backend: str | None = None):
@@ -178,6 +239,7 @@ class Deployer:
             self.project = replace(self.project, backend=backend)
         self._extra_env = dict(env or {})
         self._stack: Any = None
+        self._outputs_before: dict[str, Any] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -214,13 +276,53 @@ class Deployer:
     def stack(self) -> Any:
         """The Automation API stack, selected (or created) once per Deployer."""
         if self._stack is None:
-            if self.project.backend_url.startswith("file://"):
-                Path(self.project.backend_url.removeprefix("file://")).mkdir(parents=True,
-                                                                              exist_ok=True)
-            self._stack = self._read("select", self._select)
+            if folder := self._file_backend():
+                folder.mkdir(parents=True, exist_ok=True)
+            self._stack = self._read("select", lambda: self._select(create=True))
         return self._stack
 
-    def _select(self) -> Any:
+    def exists(self) -> bool:
+        """Whether the state backend holds this stack; selects it when it does, creates nothing
+        (not even the file backend's folder)."""
+        if self._stack is not None:
+            return True
+        folder = self._file_backend()
+        if folder is not None and not (folder / ".pulumi").is_dir():
+            return False  # never written to: no need to start the CLI to know
+        self._stack = self._read("select", lambda: self._select(create=False))
+        return self._stack is not None
+
+    def deployed(self) -> Any:
+        """The stack for a read; NeverDeployedError when the backend does not hold it."""
+        if not self.exists():
+            raise NeverDeployedError(
+                f"stack {self.stack_name} has never been deployed (the state backend "
+                f"{self.project.backend_url} holds no such stack); nothing was created. "
+                f"Run `qinfra up --stack {self.stack_name}` to deploy it")
+        return self._stack
+
+    @contextmanager
+    def transient(self) -> Iterator[Transient]:
+        """The stack for a look that needs one (a preview): a stack this call had to create is
+        removed again afterwards, so looking leaves the backend as it was, unless the caller
+        sets `keep` (the user agreed to apply)."""
+        created = not self.exists()
+        scratch = Transient()
+        try:
+            self.stack()
+            yield scratch
+        finally:
+            if created and not scratch.keep and self._stack is not None:
+                stack, self._stack = self._stack, None
+                # preserve_config: `stack rm` would delete stacks/Pulumi.<stack>.yaml too
+                self._read("remove", lambda: stack.workspace.remove_stack(
+                    self.stack_name, preserve_config=True))
+
+    def _file_backend(self) -> Path | None:
+        url = self.project.backend_url
+        return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+    def _select(self, create: bool) -> Any:
         from pulumi import automation as auto
 
         opts = auto.LocalWorkspaceOptions(
@@ -228,8 +330,22 @@ class Deployer:
             env_vars=self.env(),
             pulumi_command=self._command(),
         )
-        return auto.create_or_select_stack(
-            stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
+        if create:
+            return auto.create_or_select_stack(
+                stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
+        try:
+            return auto.select_stack(
+                stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
+        except auto.StackNotFoundError:
+            return None
+
+    def state_file(self) -> Path | None:
+        """The stack's checkpoint in a file backend (project-scoped or legacy layout), if any."""
+        folder = self._file_backend()
+        stacks = folder / ".pulumi" / "stacks" if folder else None
+        if stacks is None or not stacks.is_dir():
+            return None
+        return next(iter(sorted(stacks.rglob(f"{self.stack_name}.json"))), None)
 
     def _log_path(self, op: str) -> Path:
         self.project.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -243,11 +359,15 @@ class Deployer:
 
         log = self._log_path(op)
         changes: list[Change] = []
+        self._outputs_before = None
 
         def collect(event: Any) -> None:
             pre = getattr(event, "resource_pre_event", None)
             if pre is not None and pre.metadata.type != "pulumi:pulumi:Stack":
                 changes.append(_change(pre.metadata))
+            elif pre is not None:
+                old = pre.metadata.old
+                self._outputs_before = dict(old.outputs or {}) if old is not None else {}
             if on_event is not None:
                 on_event(event)
 
@@ -265,18 +385,41 @@ class Deployer:
                     raise classify(f"the stack is currently locked {exc}", log) from None
                 except auto.CommandError as exc:
                     out.write(str(exc))
-                    raise classify(str(exc), log) from None
+                    raise classify(str(exc), log, self.state_file()) from None
         return result, tuple(changes), log
+
+    def check_unlocked(self) -> None:
+        """Fail at once when another update holds this stack's file-backend lock, before any
+        preview: the engine itself only finds the lock when it starts to apply. Locks of dead
+        processes on this host are cleared first, as `_run` does."""
+        self.clear_stale_locks()
+        held = []
+        for lock in self._locks():
+            try:
+                c = json.loads(lock.read_text())
+            except (OSError, json.JSONDecodeError):
+                c = {}
+            held.append(f"  {self.project.backend_url}: created by {c.get('username', '?')}@"
+                        f"{c.get('hostname', '?')} (pid {c.get('pid', '?')}) at "
+                        f"{c.get('timestamp', '?')}")
+        if held:
+            text = (f"the stack is currently locked by {len(held)} lock(s). Either wait for the "
+                    "other process(es) to end or delete the lock file with `pulumi cancel`.\n"
+                    + "\n".join(held))
+            raise classify(text, None)
+
+    def _locks(self) -> list[Path]:
+        folder = self._file_backend()
+        locks = folder / ".pulumi" / "locks" if folder else None
+        if locks is None or not locks.is_dir():
+            return []
+        return sorted(lock for lock in locks.rglob("*.json") if lock.parent.name == self.stack_name)
 
     def clear_stale_locks(self) -> list[Path]:
         """Remove this stack's file-backend locks held by processes on this host that no longer
         exist (an `up` killed mid-update); a live holder's lock is never touched."""
-        url = self.project.backend_url
-        if not url.startswith("file://"):
-            return []
-        locks = Path(url.removeprefix("file://")) / ".pulumi" / "locks"
         removed = []
-        for lock in locks.rglob(f"{self.stack_name}/*.json") if locks.is_dir() else ():
+        for lock in self._locks():
             try:
                 content = json.loads(lock.read_text())
             except (OSError, json.JSONDecodeError):
@@ -290,10 +433,12 @@ class Deployer:
     # -- operations -------------------------------------------------------------------------
 
     def preview(self, on_event: Callable[[Any], None] | None = None) -> Outcome:
-        """What `up` would change, with per-property diffs."""
+        """What `up` would change, with per-property diffs (the stack is created if missing:
+        wrap the call in `transient()` to leave no trace)."""
         stack = self.stack()
         result, changes, log = self._run("preview", stack.preview, on_event, diff=True)
-        return Outcome(changes=changes, summary=dict(result.change_summary or {}), log=log)
+        return Outcome(changes=changes, summary=dict(result.change_summary or {}), log=log,
+                       outputs_before=self._outputs_before)
 
     def up(self, on_event: Callable[[Any], None] | None = None, refresh: bool = True) -> Outcome:
         """Apply. `refresh` first reconciles state with reality (a server that died)."""
@@ -304,20 +449,23 @@ class Deployer:
         return Outcome(changes=changes, summary=summary, outputs=outputs, log=log)
 
     def destroy(self, on_event: Callable[[Any], None] | None = None) -> Outcome:
-        """Delete every resource of the stack (resources marked retain_on_delete stay)."""
-        stack = self.stack()
+        """Delete every resource of the stack (resources marked retain_on_delete stay);
+        NeverDeployedError, creating nothing, for a stack the backend does not hold."""
+        stack = self.deployed()
         result, changes, log = self._run("destroy", stack.destroy, on_event)
         return Outcome(changes=changes, summary=dict(result.summary.resource_changes or {}), log=log)
 
     def outputs(self, mask_secrets: bool = False) -> dict[str, Any]:
         """The stack outputs of the last update; {} when nothing is deployed. With `mask_secrets`,
         a secret output reads `[secret]`."""
-        outputs = self._read("outputs", lambda: self.stack().outputs())
+        outputs = self._read("outputs", lambda: self.deployed().outputs())
         return {k: SECRET if mask_secrets and v.secret else v.value for k, v in outputs.items()}
 
     def history(self) -> list[HistoryEntry]:
-        """Every recorded operation, newest first, failures included; secrets read `[secret]`."""
-        return history_entries(self._read("history", lambda: self.stack().history(show_secrets=False)))
+        """Every recorded operation, newest first, failures included; secrets read `[secret]`.
+        NeverDeployedError for a stack the backend does not hold."""
+        return history_entries(
+            self._read("history", lambda: self.deployed().history(show_secrets=False)))
 
     def _read(self, op: str, call: Callable[[], Any]) -> Any:
         """A state read through the same classifier as the operations; the CLI's own output
@@ -329,7 +477,7 @@ class Deployer:
         except auto.CommandError as exc:
             log = self._log_path(op)
             log.write_text(str(exc))
-            raise classify(str(exc), log) from None
+            raise classify(str(exc), log, self.state_file()) from None
 
 
 def history_entries(summaries: Sequence[Any]) -> list[HistoryEntry]:

@@ -6,6 +6,8 @@ input from stack config and the model's config.json, and never uploads or downlo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 
 from qinfra.core.errors import NoFitError
@@ -42,7 +44,9 @@ def stack_spec(stack: str) -> StackSpec:
 
     keys = sorted({*get_config_env(), *CONFIG.get()})
     flat = {key: str(value) for key in keys if (value := get_config(key)) is not None}
-    return parse_program_config(flat, {key for key in keys if is_config_secret(key)}, stack)
+    secret = {key for key in keys if is_config_secret(key)}
+    root = pulumi.get_root_directory()  # where Pulumi.yaml is, as `qinfra plan` reads it
+    return parse_program_config(flat, secret, stack, root=Path(root) if root else None)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from qinfra.core.formats import Engine, Format
-from qinfra.core.spec import KvCacheDtype
+from qinfra.core.formats import Engine, Format, KvCacheDtype
 from qinfra.planning.flags import EngineFlags
 
 GIB = 2**30

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from qinfra.core.spec import KvCacheDtype
+from qinfra.core.formats import KvCacheDtype
 
 
 class LlamaCacheType(StrEnum):

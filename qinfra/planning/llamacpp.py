@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from qinfra.core.formats import Engine, Format, check_compatibility, format_info
+from qinfra.core.formats import Engine, Format, KvCacheDtype, check_compatibility, format_info
 from qinfra.core.hardware import Gpu
 from qinfra.core.modelinfo import ModelInfo
-from qinfra.core.spec import KvCacheDtype
 from qinfra.planning.engine_plan import (
     GIB,
     EngineOptions,

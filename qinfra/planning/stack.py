@@ -14,4 +14,5 @@ def plan_for(spec: StackSpec) -> StackPlan:
     Raises ModelInfoError when the model's facts cannot be read; a plan that does not fit is
     returned (`StackPlan.fits` is False), not raised, so each caller decides what that means.
     """
-    return plan_stack(spec, modelinfo.load(spec.model.id, spec.model.revision), catalog())
+    info = modelinfo.load(spec.model.id, spec.model.revision, root=spec.root)
+    return plan_stack(spec, info, catalog())

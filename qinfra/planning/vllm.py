@@ -14,12 +14,12 @@ from qinfra.core.formats import (
     Engine,
     Format,
     FormatInfo,
+    KvCacheDtype,
     check_compatibility,
     format_info,
 )
 from qinfra.core.hardware import Gpu
 from qinfra.core.modelinfo import ModelInfo
-from qinfra.core.spec import KvCacheDtype
 from qinfra.planning.engine_plan import (
     GIB,
     EngineOptions,

@@ -30,6 +30,9 @@ LLAMA_SERVER_IN_IMAGE = "/app/llama-server"
 # Variables each engine reads its API key from by itself (vllm/envs.py VLLM_API_KEY; llama-server
 # --help: "--api-key KEY ... (env: LLAMA_API_KEY)"), so the key is never in a file or in argv.
 API_KEY_ENV = {Engine.VLLM: "VLLM_API_KEY", Engine.LLAMA_CPP: "LLAMA_API_KEY"}
+# Where the local target passes the key instead: the path of a 0600 file, so the key is in no
+# process's environment (llama-server --help: "--api-key-file FNAME ... (env: LLAMA_ARG_API_KEY_FILE)").
+API_KEY_FILE_ENV = {Engine.LLAMA_CPP: "LLAMA_ARG_API_KEY_FILE"}
 
 # On machines (aws, kubernetes) scripts and verified artifacts live at the same paths on the host
 # and in the engine container, so one rendered script serves both.
@@ -87,6 +90,8 @@ class LaunchContext:
     llama_cpp: LlamaCppFlags | None
     vllm_version: str = VLLM_VERSION
     llama_cpp_build: str = LLAMA_CPP_BUILD
+    # the variable naming a key file the engine may read instead of api_key_env (local target)
+    api_key_file_env: str | None = None
 
 
 @dataclass(frozen=True)

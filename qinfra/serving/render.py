@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from qinfra.core.fileio import write_atomic
 from qinfra.core.spec import StackSpec, Target, Variant
 from qinfra.planning.sizing import StackPlan
 from qinfra.serving.contexts import (
+    API_KEY_FILE_ENV,
     LLAMA_CPP_BUILD,
     PROBE_PERIOD_S,
     VLLM_IMAGE,
@@ -107,6 +109,8 @@ def _render_local(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     """Launch and warm-up scripts for this machine, each variant on its own loopback port."""
     launch = launch_context(v, model_path=local_model_path(v), host=v.inputs.host or "127.0.0.1",
                             port=v.inputs.port or v.spec.serving.local_port(v.name))
+    if launch.api_key_env is not None:  # the local target hands the key over as a 0600 file
+        launch = replace(launch, api_key_file_env=API_KEY_FILE_ENV.get(v.engine))
     template, script = launch_template(v.engine)
     return {
         Path(v.name, script): render_template(env, template, launch, v.name),
