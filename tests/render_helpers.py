@@ -18,6 +18,9 @@ LLAMA_8B = ROOT / "tests" / "data" / "models" / "llama-3.1-8b"
 # Fixed artifact ids, so golden files do not change when a real push would.
 PINS = {"baseline": "sha256-" + "a" * 64, "quantized": "sha256-" + "b" * 64}
 SECRET = "v1:TOP-SECRET-CIPHERTEXT-do-not-render"
+# The router's pinned wheels (aws) and image (kubernetes), fixed like PINS.
+ROUTER_PIN = "sha256-" + "c" * 64
+ROUTER_IMAGE = "ghcr.io/acme/qinfra-router@sha256:" + "d" * 64
 
 
 def load_yaml(text: str) -> Any:
@@ -25,13 +28,16 @@ def load_yaml(text: str) -> Any:
 
 
 def pinned(spec: StackSpec, store: str | None = None) -> StackSpec:
-    """The spec with both variants pinned as `qinfra artifacts push --stack` would pin them."""
+    """The spec with both variants and the router pinned as `qinfra artifacts push --stack`
+    would pin them (and the router's image as a user sets it)."""
     store = store or spec.artifacts.store
     variants = spec.variants.model_copy(update={
         name: getattr(spec.variants, name).model_copy(update={"artifact": f"{store}/{aid}/"})
         for name, aid in PINS.items()
     })
-    return spec.model_copy(update={"variants": variants})
+    router = spec.router.model_copy(update={"artifact": f"{store}/{ROUTER_PIN}/",
+                                            "image": ROUTER_IMAGE})
+    return spec.model_copy(update={"variants": variants, "router": router})
 
 
 def with_api_key(spec: StackSpec) -> StackSpec:
@@ -39,9 +45,11 @@ def with_api_key(spec: StackSpec) -> StackSpec:
 
 
 def plan_for(spec: StackSpec) -> StackPlan:
-    """Plan offline: the demo model by name, the hub ids of the examples by their config copy."""
-    source = spec.model.id if spec.model.id == modelinfo.DEMO_MODEL_ID else str(LLAMA_8B)
-    return plan_stack(spec, modelinfo.load(source, spec.model.revision), catalog())
+    """Plan offline: the demo model by name, a local GGUF (the local stack's SmolLM2) from its
+    file, the hub ids of the examples by their config copy."""
+    local = spec.model.id == modelinfo.DEMO_MODEL_ID or spec.model.id.endswith(".gguf")
+    source = spec.model.id if local else str(LLAMA_8B)
+    return plan_stack(spec, modelinfo.load(source, spec.model.revision, root=spec.root), catalog())
 
 
 def example(stack: str) -> tuple[StackSpec, StackPlan]:

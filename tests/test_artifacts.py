@@ -30,6 +30,7 @@ from qinfra.core.formats import Format
 from qinfra.core.spec import load_stack
 from qinfra.deploy.stackfile import update_stack_file
 from qinfra.serving.llamacpp import QuantizeRecipe, find_binary
+from tests.local_stack import local_stack
 from tests.s3server import SMALL_PARTS
 
 # A checkpoint-shaped folder: config, tokenizer, two weight shards (one multipart), and a
@@ -448,9 +449,7 @@ def test_gguf_variant_without_source_is_quantized_from_baseline(
 ) -> None:
     _llama_quantize()
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
-    update_stack_file(
-        stacks / "Pulumi.local.yaml", {"qinfra:artifacts.store": f"file://{tmp_path}/store"}
-    )
+    (stacks / "Pulumi.local.yaml").write_text(local_stack(8080, f"file://{tmp_path}/store"))
     spec = load_stack("local")
     hasher = Hasher()
     first = push_stack(spec, hasher=hasher)

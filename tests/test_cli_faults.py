@@ -23,7 +23,8 @@ from click.testing import CliRunner
 
 from qinfra.cli.main import cli
 from qinfra.core.demomodel import demo_config_json
-from tests.test_engine_local import _free_port_pair
+from tests.local_stack import local_stack
+from tests.test_engine_local import free_ports
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +40,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
         "stackConfigDir: stacks\n"
     )
     (root / "stacks").mkdir()
-    text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
-    text = text.replace("port: 8080", f"port: {_free_port_pair()}")
-    text = text.replace("file:///tmp/qinfra-artifacts/local", f"file://{root}/store")
+    text = local_stack(free_ports(), f"file://{root}/store")  # the demo model
     (root / "stacks" / "Pulumi.local.yaml").write_text(text)
     env = {
         "QINFRA_STACKS_DIR": str(root / "stacks"),

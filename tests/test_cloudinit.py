@@ -83,7 +83,11 @@ def test_top_level_keys_are_cloud_init_modules(cloud_config_keys, name):
     assert set(load_yaml(CASES[name])) <= cloud_config_keys
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+ENGINE_CASES = sorted(n for n in CASES if "/router/" not in n)
+ROUTER_CASES = sorted(n for n in CASES if "/router/" in n)
+
+
+@pytest.mark.parametrize("name", ENGINE_CASES)
 def test_user_data_shape(name):
     text = CASES[name]
     assert text.startswith("#cloud-config\n")
@@ -99,6 +103,38 @@ def test_user_data_shape(name):
     fetch = files["/opt/qinfra/bin/fetch-artifact.sh"]["content"]
     assert "aws s3 sync --only-show-errors --delete --region" in fetch and "/sha256-" in fetch
     assert fetch.rstrip().endswith("exec /bin/sh /opt/qinfra/bin/verify-artifact.sh")
+
+
+@pytest.mark.parametrize("name", ROUTER_CASES)
+def test_router_user_data_shape(name):
+    """The router machine: pinned wheels fetched, verified, installed offline; the config copied
+    from SSM by a timer; the router's own command line is one its parser accepts."""
+    import shlex
+
+    from qinfra.serving.router.__main__ import main
+
+    text = CASES[name]
+    assert text.startswith("#cloud-config\n") and len(text.encode()) <= USER_DATA_MAX_BYTES
+    doc = load_yaml(text)
+    assert doc["package_update"] is False and "packages" not in doc
+    files = {e["path"]: e["content"] for e in doc["write_files"]}
+    fetch = files["/opt/qinfra/bin/fetch-router.sh"]
+    assert "aws s3 sync --only-show-errors --delete" in fetch and "/sha256-" in fetch
+    install = files["/opt/qinfra/bin/install-router.sh"]
+    assert "--no-index" in install and "verify-router.sh" in install  # nothing from an index
+    assert "/pip\" install --no-index" in install and "https://" not in install
+    sync = files["/opt/qinfra/bin/sync-router-config.sh"]
+    assert "--name /qinfra/" in sync and "mv " in sync  # replaced by a rename only
+    timer = files["/etc/systemd/system/qinfra-router-config.timer"]
+    assert "OnUnitActiveSec=15s" in timer
+    unit = files["/etc/systemd/system/qinfra-router.service"]
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[1:3] == ["-m", "qinfra.serving.router"]
+    with pytest.raises(SystemExit) as done:  # the router's own parser: --help after valid flags
+        main([*argv[3:], "--help"])
+    assert done.value.code == 0
+    assert doc["runcmd"][-1][-2:] == ["qinfra-router-config.timer", "qinfra-router.service"]
 
 
 # --- the verification step, run for real against an artifact on disk ---------------------------

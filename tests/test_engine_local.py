@@ -1,5 +1,6 @@
-"""The product as users meet it, with the real Pulumi engine and real llama-servers: up, serve,
-restore a killed server, refuse a concurrent up, roll back as a stack-file diff, history, destroy.
+"""The product as users meet it, with the real Pulumi engine, real llama-servers and the router
+in front of them: up, serve, restore a killed server, refuse a concurrent up, roll back as a
+stack-file diff, history, destroy. The stack is the shipped local one on the demo model.
 
 One scenario in order (module scope): each step builds on the state the previous one left.
 """
@@ -22,26 +23,28 @@ from click.testing import CliRunner
 
 from qinfra.cli.main import cli
 from qinfra.deploy.processes import alive
+from tests.local_stack import local_stack
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free (baseline and quantized listen side by side)."""
+def free_ports(count: int = 3) -> int:
+    """A port p with p .. p + count - 1 free (router, baseline and quantized side by side)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port >= 65535:
+        if port + count - 1 > 65535:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no free pair of ports")
+    raise RuntimeError(f"no {count} free ports in a row")
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,8 @@ def project(tmp_path_factory: pytest.TempPathFactory):
         "stackConfigDir: stacks\n"
     )
     (root / "stacks").mkdir()
-    port = _free_port_pair()
-    text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
-    text = text.replace("port: 8080", f"port: {port}")
-    text = text.replace("file:///tmp/qinfra-artifacts/local", f"file://{root}/store")
-    (root / "stacks" / "Pulumi.local.yaml").write_text(text)
+    port = free_ports()
+    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
     old = Path.cwd()
     env = {
         "QINFRA_STACKS_DIR": str(root / "stacks"),
@@ -89,15 +89,14 @@ def qinfra(*args: str):
     return result
 
 
-def complete(port: int) -> dict:
+def complete(port: int, user: str | None = None) -> dict:
+    """One chat completion at `port`; through the router, its x-qinfra-variant as `_variant`."""
     body = json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}).encode()
+    headers = {"Content-Type": "application/json"} | ({"X-Qinfra-User": user} if user else {})
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
+        f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as response:
-        return json.loads(response.read())
+        return {**json.loads(response.read()), "_variant": response.headers.get("x-qinfra-variant")}
 
 
 def listening(port: int) -> bool:
@@ -127,12 +126,19 @@ def test_up_serves_both_variants(project):
     variants = outputs["variants"]
     assert variants["baseline"]["weight_percent"] == 50 == variants["quantized"]["weight_percent"]
     assert variants["quantized"]["format"] == "gguf-q4_k_m"
-    for name, port in (("baseline", project["port"]), ("quantized", project["port"] + 1)):
+    assert outputs["endpoint"] == f"http://127.0.0.1:{project['port']}"  # the router
+    for name, port in (("baseline", project["port"] + 1), ("quantized", project["port"] + 2)):
         assert variants[name]["endpoint"] == f"http://127.0.0.1:{port}"
         assert variants[name]["artifact_uri"].startswith(f"file://{project['root']}/store/sha256-")
         assert complete(port)["choices"][0]["message"]["role"] == "assistant"
     run = project["root"] / ".qinfra" / "run" / "local"
-    project["pids"] += [int((run / v / "server.pid").read_text()) for v in ("baseline", "quantized")]
+    project["pids"] += [int((run / v / "server.pid").read_text())
+                        for v in ("baseline", "quantized", "router")]
+    # through the router: each user keeps its variant, and at 50% both variants serve someone
+    seen = {complete(project["port"], f"user-{i}")["_variant"] for i in range(12)}
+    assert seen == {"baseline", "quantized"}
+    first = complete(project["port"], "user-1")["_variant"]
+    assert all(complete(project["port"], "user-1")["_variant"] == first for _ in range(3))
     # up pinned the artifacts it pushed into the stack file
     text = (project["root"] / "stacks" / "Pulumi.local.yaml").read_text()
     assert text.count("artifact: file://") == 2
@@ -146,6 +152,11 @@ def test_status_json_has_the_variants_output(project):
     assert set(outputs["variants"]) == {"baseline", "quantized"}
     assert outputs["stage"] == "ab_test"
     assert data["health"] == {"baseline": "ok", "quantized": "ok"}
+    assert outputs["endpoint"] == f"http://127.0.0.1:{project['port']}"
+    assert data["endpoint_health"] == "ok"
+    text = qinfra("status", "--stack", "local")
+    assert text.exit_code == 0
+    assert text.output.splitlines()[0] == f"endpoint: {outputs['endpoint']}"  # the front door first
 
 
 def test_preview_compares_with_the_plan_up_recorded(project):
@@ -164,12 +175,12 @@ def test_a_killed_server_is_restored_by_the_next_up(project):
     pid = int(pid_file.read_text())
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while listening(project["port"] + 1) and time.monotonic() < deadline:
+    while listening(project["port"] + 2) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not listening(project["port"] + 1)
+    assert not listening(project["port"] + 2)
     result = qinfra("up", "--stack", "local", "--yes", "--json")
     assert result.exit_code == 0, result.output
-    assert complete(project["port"] + 1)["choices"]
+    assert complete(project["port"] + 2)["choices"]
     assert int(pid_file.read_text()) != pid
     project["pids"].append(int(pid_file.read_text()))
 
@@ -233,7 +244,7 @@ def test_an_interrupted_up_is_repaired_by_the_next(project):
     assert result.exit_code == 0, result.output
     for lock in held:
         assert not lock.exists()
-    for port in (project["port"], project["port"] + 1):
+    for port in (project["port"], project["port"] + 1, project["port"] + 2):
         assert complete(port)["choices"]
     run = project["root"] / ".qinfra" / "run" / "local"
     project["pids"] += [int((run / v / "server.pid").read_text()) for v in ("baseline", "quantized")]
@@ -249,8 +260,9 @@ def test_rollback_is_a_stack_file_diff_and_a_baseline_only_deployment(project):
     text = (project["root"] / "stacks" / "Pulumi.local.yaml").read_text()
     assert "stage: rollback" in text and "quantized_percent: 0" in text
     assert "# The embedded default" in text  # comments survive the rewrite
-    assert complete(project["port"])["choices"]
-    assert not listening(project["port"] + 1)
+    assert complete(project["port"] + 1)["choices"]
+    assert complete(project["port"], "user-1")["_variant"] == "baseline"  # the router: 0% quantized
+    assert not listening(project["port"] + 2)
     outputs = json.loads(qinfra("status", "--stack", "local", "--json").output)["outputs"]
     assert outputs["variants"]["baseline"]["weight_percent"] == 100
     assert outputs["variants"]["quantized"]["replicas"] == 0

@@ -1,10 +1,14 @@
-"""Pure parts around the engine: error classification (operations and state reads), backend
-choice, rollout stages and the one traffic rule, history rows and numbers, and the preview report
-against the recorded deployed plan (secrets masked, the PR-comment size limit)."""
+"""Parts around the engine: error classification (operations and state reads), backend choice,
+rollout stages and the one traffic rule, history rows and numbers, the preview report against the
+recorded deployed plan (secrets masked, the PR-comment size limit), and what the engine knows from
+files without starting the CLI (its version, which stacks a file backend holds)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from qinfra.deploy.preview import (
     read_deployed,
     to_markdown,
 )
+from qinfra.deploy.project import VERSION_CACHE, cli_version, holds_stack
 from qinfra.deploy.rollout import rollback, rollout
 from qinfra.planning.sizing import plan_stack, sized_for_percent
 
@@ -256,7 +261,8 @@ def test_one_traffic_rule_for_targets_history_and_sizing(stage, percent, baselin
 
 def test_local_ports_side_by_side(stacks):
     serving = load_stack("local").serving
-    assert [serving.local_port(v) for v in Variant] == [serving.port, serving.port + 1]
+    # behind the router on serving.port
+    assert [serving.local_port(v) for v in Variant] == [serving.port + 1, serving.port + 2]
 
 
 def _summary(kind: str, result: str, version: int | None) -> Any:
@@ -371,3 +377,109 @@ def test_secrets_show_as_secret_in_every_view(reference_models, stacks):
     assert props["headers"] == ('{"a": 1}', '{"a": 2, "auth": "[secret]"}')
     for view in (to_markdown(report), json.dumps(report.to_json())):
         assert "sk-" not in view and "[secret]" in view
+
+
+# -- what the engine knows from files, without starting the CLI (issue 11, preview speed) ------
+
+def _pulumi_binary() -> Path:
+    own = Path(__file__).resolve().parents[1] / ".tools" / "pulumi" / "bin" / "pulumi"
+    found = own if own.is_file() else shutil.which("pulumi")
+    assert found, "the Pulumi CLI is missing: scripts/setup.sh installs it into .tools/pulumi/bin"
+    return Path(found)
+
+
+def test_the_cli_version_is_asked_once_per_build_of_the_binary(tmp_path):
+    binary = _pulumi_binary()
+    cache = tmp_path / "cache" / VERSION_CACHE
+    env = {**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    real = subprocess.run([binary, "version"], env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    assert cli_version(binary, cache) == real
+    key = str(binary.resolve())
+    entry = json.loads(cache.read_text())[key]
+    # While the binary's identity holds the answer is trusted: a planted one proves no run.
+    cache.write_text(json.dumps({key: {**entry, "version": "v0.0.1-planted"}}))
+    assert cli_version(binary, cache) == "v0.0.1-planted"
+    # Another build (any of device, inode, size, mtime_ns, ctime_ns differs) is asked again.
+    changed = [*entry["identity"][:-1], entry["identity"][-1] - 1]
+    cache.write_text(json.dumps({key: {"identity": changed, "version": "v0.0.1-planted"}}))
+    assert cli_version(binary, cache) == real
+    cache.write_text("{damaged")  # a damaged cache is ignored, then rewritten whole
+    assert cli_version(binary, cache) == real
+    assert json.loads(cache.read_text())[key]["version"] == real
+
+
+@pytest.mark.parametrize(
+    ("meta", "checkpoint", "expected"),
+    [
+        ("version: 1\n", "qinfra/prod.json", True),  # the project-scoped layout
+        ("version: 1\n", "qinfra/prod.json.gz", True),  # PULUMI_DIY_BACKEND_GZIP
+        ("version: 1\n", "other/prod.json", False),  # another project's stack of that name
+        ("version: 1\n", "qinfra/prod.json.bak", False),  # what `stack rm` leaves behind
+        (None, "prod.json", True),  # the legacy layout: no meta.yaml
+        ("version: 0\n", "prod.json", True),  # the legacy layout, said so
+        ("version: 2\n", "qinfra/prod.json", None),  # a layout this does not know: ask the CLI
+    ],
+)
+def test_the_file_backend_shows_which_stacks_it_holds(tmp_path, meta, checkpoint, expected):
+    folder = tmp_path / "state"
+    path = folder / ".pulumi" / "stacks" / checkpoint
+    path.parent.mkdir(parents=True)
+    path.write_text("{}")
+    if meta is not None:
+        (folder / ".pulumi" / "meta.yaml").write_text(meta)
+    assert holds_stack(folder, "qinfra", "prod") is expected
+
+
+def test_only_the_cli_knows_other_backends():
+    assert holds_stack(None, "qinfra", "prod") is None  # s3://, the Pulumi Cloud
+    assert holds_stack(Path("relative/state"), "qinfra", "prod") is None
+    assert holds_stack(Path("/nonexistent/state"), "qinfra", "prod") is False  # never written
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("name: qinfra\nruntime: python\n", "qinfra"),
+        ("runtime: python\nname: 'my-app'  # quoted, with a comment\n", "my-app"),
+        ("runtime:\n  name: python\n", None),  # a nested `name:` is not the project's
+        (None, None),  # no Pulumi.yaml
+    ],
+)
+def test_the_project_name_is_read_from_pulumi_yaml(tmp_path, text, name):
+    if text is not None:
+        (tmp_path / "Pulumi.yaml").write_text(text)
+    assert Project(tmp_path).name == name
+
+
+def test_a_stack_the_backend_holds_is_used_without_stack_select(tmp_path, monkeypatch):
+    """The real CLI on a file backend: `stack init` once; a later Deployer knows the stack from
+    its checkpoint and reads it without `stack select` or `pulumi version`; a look at a stack
+    never deployed removes what it had to create."""
+    from pulumi import automation as auto
+
+    (tmp_path / "Pulumi.yaml").write_text("name: qinfra\nruntime: python\n")
+    monkeypatch.setenv("PULUMI_HOME", str(tmp_path / ".pulumi-home"))
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    calls: list[list[str]] = []
+    run = auto.PulumiCommand.run
+
+    def recorded(self: Any, args: list[str], *rest: Any, **kw: Any) -> Any:
+        calls.append([a for a in args if not a.startswith("--non-interactive")])
+        return run(self, args, *rest, **kw)
+
+    monkeypatch.setattr(auto.PulumiCommand, "run", recorded)
+    Deployer("unit", project=Project(tmp_path)).stack()
+    assert [c[:2] for c in calls] == [["stack", "init"]]  # no select that fails first
+    calls.clear()
+    later = Deployer("unit", project=Project(tmp_path))
+    assert later.exists() and calls == []
+    assert later.outputs() == {}
+    # the SDK reads outputs twice (masked, then with secrets), each naming the stack
+    assert {(*c[:2], *c[-2:]) for c in calls} == {("stack", "output", "--stack", "unit")}
+    assert (tmp_path / ".qinfra" / "cache" / VERSION_CACHE).is_file()
+    look = Deployer("look", project=Project(tmp_path))
+    with look.transient():
+        assert holds_stack(tmp_path / ".qinfra" / "state", "qinfra", "look")
+    assert holds_stack(tmp_path / ".qinfra" / "state", "qinfra", "look") is False
+    assert not Deployer("look", project=Project(tmp_path)).exists()

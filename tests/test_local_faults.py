@@ -27,27 +27,12 @@ from click.testing import CliRunner
 from qinfra.cli.main import cli
 from qinfra.deploy.processes import Identity, alive, identity
 from qinfra.deploy.targets import local
+from tests.local_stack import local_stack
+from tests.test_engine_local import free_ports
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-local-faults-not-a-real-key"
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free (baseline and quantized listen side by side)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports")
 
 
 def qinfra(*args: str) -> Any:
@@ -65,11 +50,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "stackConfigDir: stacks\n"
     )
     (root / "stacks").mkdir()
-    port = _free_port_pair()
-    text = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
-    text = text.replace("port: 8080", f"port: {port}")
-    text = text.replace("file:///tmp/qinfra-artifacts/local", f"file://{root}/store")
-    (root / "stacks" / "Pulumi.local.yaml").write_text(text)
+    port = free_ports()  # the router on port, the engines on port + 1 and port + 2
+    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
     old = Path.cwd()
     env = {"QINFRA_STACKS_DIR": str(root / "stacks"), "QINFRA_CACHE_DIR": str(root / "cache"),
            "PULUMI_HOME": str(root / ".pulumi-home")}
@@ -140,7 +122,7 @@ def _name_stranger(folder: Path, stranger: int, was: Identity) -> None:
 def test_taken_ports_fail_at_once_naming_every_variant(project):
     """Both ports held: `up` fails in seconds (not after the 61 s warm-up) with both errors."""
     held = []
-    for port in (project["port"], project["port"] + 1):
+    for port in (project["port"] + 1, project["port"] + 2):  # the engines, behind the router
         s = socket.socket()
         s.bind(("127.0.0.1", port))
         s.listen()
@@ -150,8 +132,8 @@ def test_taken_ports_fail_at_once_naming_every_variant(project):
         result = qinfra("up", "--stack", "local", "--yes")
         assert result.exit_code == 1, result.output
         assert time.monotonic() - started < 45
-        assert f"baseline: port {project['port']} on 127.0.0.1 is taken" in result.output
-        assert f"quantized: port {project['port'] + 1} on 127.0.0.1 is taken" in result.output
+        assert f"baseline: port {project['port'] + 1} on 127.0.0.1 is taken" in result.output
+        assert f"quantized: port {project['port'] + 2} on 127.0.0.1 is taken" in result.output
     finally:
         for s in held:
             s.close()
@@ -161,7 +143,7 @@ def test_taken_ports_fail_at_once_naming_every_variant(project):
 def test_the_api_key_reaches_the_server_as_a_0600_file_only(project):
     result = qinfra("up", "--stack", "local", "--yes", "--json")
     assert result.exit_code == 0, result.output
-    for variant, port in (("baseline", project["port"]), ("quantized", project["port"] + 1)):
+    for variant, port in (("baseline", project["port"] + 1), ("quantized", project["port"] + 2)):
         server = _server(project, variant)
         environ = Path(f"/proc/{server.pid}/environ").read_bytes()
         assert KEY.encode() not in environ and b"LLAMA_API_KEY=" not in environ
@@ -220,7 +202,7 @@ def test_a_reused_pid_is_never_signalled_by_up(project):
         assert result.exit_code == 0, result.output
         assert stranger.poll() is None and alive(stranger.pid)
         assert _server(project, "quantized").pid != stranger.pid
-        assert _request(project["port"] + 1, KEY) == 200
+        assert _request(project["port"] + 2, KEY) == 200
 
 
 def _session(sid: int) -> list[Identity]:
@@ -255,7 +237,7 @@ def test_a_killed_up_leaves_no_engine_process_behind(project):
     assert "ended the dynamic provider" in result.output
     time.sleep(0.5)  # warm-up children of the ended provider go with its process group
     assert [p for p in left if identity(p.pid) == p] == []
-    for port in (project["port"], project["port"] + 1):
+    for port in (project["port"] + 1, project["port"] + 2):
         assert _request(port, KEY) == 200
 
 

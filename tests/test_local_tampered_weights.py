@@ -63,14 +63,14 @@ def test_a_restart_refuses_tampered_weights(project: dict) -> None:
     os.utime(gguf, ns=(before.st_atime_ns, before.st_mtime_ns))
     tampered = hashlib.sha256(gguf.read_bytes()).hexdigest()
     _kill(project["root"] / ".qinfra" / "run" / "local" / "baseline" / "server.pid",
-          project["port"])
+          project["port"] + 1)  # the baseline engine, behind the router
 
     result = qinfra("up", "--stack", "local", "--yes")
     assert result.exit_code != 0, result.output
     output = " ".join(result.output.split())  # the engine may wrap long lines
     assert "cannot be served" in output and gguf.name in output
     assert f"has sha256 {tampered}" in output and f"says sha256 {recorded}" in output
-    assert not listening(project["port"])  # the tampered file was not served
+    assert not listening(project["port"] + 1)  # the tampered file was not served
 
 
 def test_push_repairs_the_store_and_up_serves_again(project: dict) -> None:

@@ -43,6 +43,9 @@ EXPECTED = {
     "prod": {"user-data.yaml"},
     "k8s": {"configmap.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml"},
 }
+# The cloud targets render their router beside the variants; the local one starts it as a process.
+FOLDERS = {"local": {"baseline", "quantized"}, "prod": {"baseline", "quantized", "router"},
+           "k8s": {"baseline", "quantized", "router"}}
 
 
 def _digest(files: dict[Path, str]) -> str:
@@ -54,7 +57,7 @@ def test_golden(stack):
     spec, plan = example(stack)
     files = render_stack(spec, plan)
     assert {p.name for p in files} == EXPECTED[stack]
-    assert {p.parts[0] for p in files} == {"baseline", "quantized"}
+    assert {p.parts[0] for p in files} == FOLDERS[stack]
     folder = GOLDEN / stack
     if os.environ.get(UPDATE_ENV):
         shutil.rmtree(folder, ignore_errors=True)
@@ -184,10 +187,11 @@ def test_launch_inputs_set_model_path_host_and_port():
     assert "model=/m/q.gguf\n" in server and "--host ::1 " in server
     assert '--port "${QINFRA_PORT:-9123}"' in server
     assert 'base="http://[::1]:${QINFRA_PORT:-9123}"' in files[Path("quantized", "warmup.sh")]
-    # Without inputs: the pinned file:// artifact, loopback, serving.port plus the variant's index.
+    # Without inputs: the pinned file:// artifact, loopback, behind the router on serving.port:
+    # serving.port + 1 plus the variant's index.
     baseline = files[Path("baseline", "server.sh")]
     assert f"model=/tmp/qinfra-artifacts/local/{PINS['baseline']}\n" in baseline
-    assert '--port "${QINFRA_PORT:-8080}"' in baseline and "--host 127.0.0.1" in baseline
+    assert '--port "${QINFRA_PORT:-8081}"' in baseline and "--host 127.0.0.1" in baseline
     with pytest.raises(RenderError, match="unknown variant"):
         render_stack(spec, plan, {"canary": LaunchInputs()})
 

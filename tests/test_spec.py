@@ -280,8 +280,8 @@ def test_a_strict_refusal_shows_the_range(stacks):
 @pytest.mark.parametrize(
     ("stack", "port", "ok"),
     [
-        ("local", 65534, True),   # baseline 65534, quantized 65535
-        ("local", 65535, False),  # the quantized variant would get 65536
+        ("local", 65533, True),   # router 65533, baseline 65534, quantized 65535
+        ("local", 65534, False),  # the quantized engine would get 65536
         ("prod", 65535, True),    # aws: every engine listens on `port` of its own machine
         ("k8s", 65535, True),
     ],
@@ -295,8 +295,8 @@ def test_every_port_a_target_uses_is_in_range(stacks, stack, port, ok):
         return
     with pytest.raises(SpecError) as err:
         parse_config(cfg, stack)
-    assert ("qinfra:serving.port: got 65535; allowed: 1..65534 for target local, which listens "
-            "on 2 ports from it (the last would be 65536)") in err.value.format_message()
+    assert ("qinfra:serving.port: got 65534; allowed: 1..65533 for target local, which listens "
+            "on 3 ports from it (the last would be 65536)") in err.value.format_message()
 
 
 def test_relative_model_paths_start_at_the_project_root(stacks, tmp_path, monkeypatch):

@@ -67,6 +67,9 @@ def project(tmp_path: Path) -> Path:
     """A user's project folder: Pulumi.yaml and stacks/, no templates/ and no qinfra/."""
     shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
+    # The local stack's model (scripts/setup.sh places it), named relative to the project root.
+    (tmp_path / ".tools").mkdir()
+    (tmp_path / ".tools" / "models").symlink_to(ROOT / ".tools" / "models")
     return tmp_path
 
 

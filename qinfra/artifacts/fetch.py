@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from qinfra.artifacts.hashcache import HASH_CACHE_NAME, HashCache
@@ -53,8 +53,15 @@ def cache_dir(stack_path: Path | None = None) -> Path:
     .qinfra/cache beside the project's stacks/ folder (or the current directory)."""
     if env := os.environ.get(CACHE_DIR_ENV):
         return Path(env)
-    root = stack_path.resolve().parent.parent if stack_path else Path.cwd()
+    root = stack_path.resolve().parent.parent if stack_path else _project_root(Path.cwd())
     return root / ".qinfra" / "cache"
+
+
+def _project_root(start: Path) -> Path:
+    """The folder holding Pulumi.yaml at or above `start`: a dynamic provider runs in the
+    program's folder, and its cache must still be the project's."""
+    here = start.resolve()
+    return next((f for f in (here, *here.parents) if (f / "Pulumi.yaml").is_file()), here)
 
 
 def project_hash_cache(stack_path: Path | None = None) -> HashCache:
@@ -169,25 +176,54 @@ def quantize_baseline(
 ) -> tuple[Fetched, QuantizeRecipe]:
     """The baseline GGUF quantized to `target` by real llama-quantize, cached by the baseline's
     sha256 and type so a second push neither re-quantizes nor re-hashes the baseline."""
+    return _convert(baseline, target, cache, hasher, progress, requantize=False)
+
+
+def as_baseline(
+    fetched: Fetched, fmt: Format, cache: Path, hasher: Hasher, progress: Progress
+) -> tuple[Fetched, QuantizeRecipe | None]:
+    """A baseline source that is one GGUF of another type than `fmt` (a Q4_1 file for a
+    gguf-f16 baseline) converted with `llama-quantize --allow-requantize`, recorded in its
+    recipe: the F16 carries the source's quality, no more. Any other source stays as it is."""
+    gguf_type = format_info(fmt).gguf_type
+    ggufs = [f for f in fetched.files if f.path.endswith(".gguf")]
+    if gguf_type is None or len(fetched.files) != 1 or len(ggufs) != 1:
+        return fetched, None
+    from qinfra.serving.llamacpp import gguf_file_type
+
+    held = gguf_file_type(ggufs[0].source)
+    if held is None or held == gguf_type.upper():
+        return fetched, None
+    return _convert(fetched, fmt, cache, hasher, progress, requantize=True)
+
+
+def _convert(
+    source: Fetched, target: Format, cache: Path, hasher: Hasher, progress: Progress,
+    requantize: bool,
+) -> tuple[Fetched, QuantizeRecipe]:
     gguf_type = format_info(target).gguf_type
-    ggufs = [f for f in baseline.files if f.path.endswith(".gguf")]
+    ggufs = [f for f in source.files if f.path.endswith(".gguf")]
     if gguf_type is None or len(ggufs) != 1:
         raise ArtifactError(
-            f"cannot make the {target} variant from the baseline {baseline.description}: it "
+            f"cannot make the {target} variant from the baseline {source.description}: it "
             f"needs exactly one .gguf file there (found {len(ggufs)}). To fix: use a gguf-f16 "
             "baseline, or set qinfra:variants.quantized.source"
         )
     [base] = hasher.hash_files(ggufs, progress)
-    stem = re.sub(r"[-_.](b?f16|f32)$", "", Path(base.entry.path).stem, flags=re.IGNORECASE)
+    stem = _TYPE_SUFFIX.sub("", Path(base.entry.path).stem)
     dst = cache / "quantized" / base.entry.sha256 / f"{stem}-{gguf_type}.gguf"
     recipe_path = dst.with_name(dst.name + ".recipe.json")
     recipe = _cached_recipe(recipe_path) if dst.is_file() else None
     if recipe is None:
         from qinfra.serving.llamacpp import quantize
 
-        recipe = quantize(base.source, dst, gguf_type)
-        write_atomic(recipe_path, json.dumps(asdict(recipe)))
-    return Fetched(f"{baseline.description} as {gguf_type}", (SourceFile(dst.name, dst),)), recipe
+        recipe = quantize(base.source, dst, gguf_type, requantize=requantize)
+        write_atomic(recipe_path, json.dumps(recipe.to_json()))
+    return Fetched(f"{source.description} as {gguf_type}", (SourceFile(dst.name, dst),)), recipe
+
+
+# A GGUF file name's type suffix (-F16, .Q4_1, _q8_0), left off the converted file's name.
+_TYPE_SUFFIX = re.compile(r"[-_.](b?f16|f32|q\d\w*)$", re.IGNORECASE)
 
 
 def _cached_recipe(path: Path) -> QuantizeRecipe | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ class ArtifactListing:
             "pinned_by": list(self.pinned_by),
             "files": self.file_count,
             "size_bytes": self.size_bytes,
-            "recipe": asdict(self.recipe) if self.recipe else None,
+            "recipe": self.recipe.to_json() if self.recipe else None,
         }
 
 

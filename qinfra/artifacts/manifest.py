@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from qinfra.core.artifact_uri import ARTIFACT_URI_SHAPE, ArtifactUri, parse_artifact_uri
@@ -51,7 +51,7 @@ class Manifest:
             "files": [e.to_json() for e in self.files],
         }
         if self.recipe is not None:
-            doc["recipe"] = asdict(self.recipe)
+            doc["recipe"] = self.recipe.to_json()
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @property

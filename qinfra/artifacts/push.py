@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qinfra.artifacts.fetch import (
     Fetched,
+    as_baseline,
     cache_dir,
     fetch,
     project_hash_cache,
@@ -171,6 +172,9 @@ def push_stack(
                 spec.local_source(source), fmt=variant.format, revision=revision, cache=cache,
                 progress=progress,
             )
+            if name is Variant.BASELINE:
+                fetched[name], recipe = as_baseline(fetched[name], variant.format, cache, hasher,
+                                                    progress)
         if name in wanted:
             pin = Pin(spec.name, name, variant.artifact or "") if name in restore else None
             results[name] = push(

@@ -105,6 +105,20 @@ class S3Store:
         with self._errors("reach"):
             self._client.head_bucket(Bucket=self.bucket)
 
+    def bucket_exists(self) -> bool:
+        """Whether the bucket is there (a first `up` creates it before pushing); ArtifactError
+        for anything but a plain "no such bucket" (no credentials, no access, no network)."""
+        from botocore.exceptions import ClientError
+
+        with self._errors("reach"):
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    return False
+                raise
+        return True
+
     def stat(self, key: str) -> StoredObject | None:
         head = self._head(key)
         if head is None:

@@ -32,8 +32,12 @@ _STACK = "qinfra.cli.stack"
 COMMANDS: dict[str, LazyCommand] = {
     "artifacts": LazyCommand("qinfra.cli.artifacts", "artifacts",
                              "Push, verify and list the weight artifacts a stack deploys."),
+    "bench": LazyCommand("qinfra.cli.bench", "bench", "Latency and throughput of a stack or any "
+                         "OpenAI-compatible URL, as `vllm bench serve` measures them."),
     "destroy": LazyCommand(_STACK, "destroy", "Stop and delete everything the stack runs; "
                                               "artifacts in the store are kept."),
+    "gate": LazyCommand("qinfra.cli.gate", "gate", "Quality gate: measure the quantized variant's "
+                        "drift from the baseline and judge it."),
     "history": LazyCommand(_STACK, "history", "Every update of the stack, newest first and paged, "
                                               "with its number, result, stage, traffic and artifact "
                                               "URIs; failed updates included."),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,15 +42,20 @@ def _load(stack: str) -> Any:
 
 def _preview_with_deployed(deployer: Any, spec: Any) -> Any:
     """Preview, and the deployed plan (the stack's `plan` output) as the preview's own Stack
-    step reports it: no `stack output` calls beside the preview (they ran the CLI twice)."""
+    step reports it: no `stack output` calls beside the preview (they ran the CLI twice). The
+    "after" plan is made while the engine previews (reading a GGUF model's facts takes seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from qinfra.deploy.preview import build_report, deployed_plan
     from qinfra.planning.stack import plan_for
 
-    outcome = deployer.preview()
-    before = outcome.outputs_before
-    deployed = deployed_plan(lambda: before if before is not None
-                             else deployer.outputs(mask_secrets=True))
-    return build_report(spec.name, outcome.changes, outcome.summary, deployed, plan_for(spec))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        after = pool.submit(plan_for, spec)
+        outcome = deployer.preview()
+        before = outcome.outputs_before
+        deployed = deployed_plan(lambda: before if before is not None
+                                 else deployer.outputs(mask_secrets=True))
+        return build_report(spec.name, outcome.changes, outcome.summary, deployed, after.result())
 
 
 def _print_report(report: Any, as_json: bool, markdown: bool) -> None:
@@ -109,10 +116,11 @@ class _Consent:
 
 
 @contextmanager
-def _until_consent(path: Path) -> Iterator[_Consent]:
+def _until_consent(path: Path, restored: Any = None) -> Iterator[_Consent]:
     """The stack file's exact bytes, put back if the block ends before the user agreed (a
     "no", a failed preview, a lock, Ctrl-C). The engine previews from the file, so the edit has
-    to be on disk while the question is asked; after consent it stays, failed or not."""
+    to be on disk while the question is asked; after consent it stays, failed or not.
+    `restored()` runs after a put-back (the local router is told the old weights again)."""
     from qinfra.core.fileio import write_atomic
 
     before = path.read_bytes()
@@ -123,7 +131,28 @@ def _until_consent(path: Path) -> Iterator[_Consent]:
         if not consent.given and path.read_bytes() != before:
             write_atomic(path, before)
             click.echo(f"{path} left as it was: the change was not applied", err=True)
+            if restored is not None:
+                with contextlib.suppress(Exception):  # the original failure is what to report
+                    restored()
         raise
+
+
+def _tell_router(stack: str) -> None:
+    """Hand the stack file's weights to a running local router at once (it polls its config
+    file), ahead of the engine run that records and reconciles them: a rollback takes effect in
+    well under a second, and a failed apply still leaves file and router agreeing, which the
+    next `up` brings the state to. Other targets and stopped routers: nothing to do here."""
+    from qinfra.core.spec import Target, load_stack
+
+    spec = load_stack(stack)
+    if spec.target is not Target.LOCAL:
+        return
+    from qinfra.deploy.engine import Project
+    from qinfra.deploy.targets.local import RUN_DIR_ENV
+    from qinfra.deploy.targets.router_process import tell_router
+
+    run_dir = os.environ.get(RUN_DIR_ENV) or str(Project.find().run_dir)
+    tell_router(spec, Path(run_dir))
 
 
 def _ensure_artifacts(spec: Any, quiet: bool) -> Any:
@@ -157,8 +186,10 @@ def _end_orphans(deployer: Any) -> None:
                    "running", err=True)
 
 
-def _apply(spec: Any, yes: bool, as_json: bool, consent: _Consent | None = None) -> None:
-    """Preview, ask, apply. A lock another update holds fails here, before the preview."""
+def _apply(spec: Any, yes: bool, as_json: bool, consent: _Consent | None = None,
+           agreed: Any = None, ask: bool = False) -> None:
+    """Preview, ask, apply. A lock another update holds fails here, before the preview.
+    `agreed()` runs once the user has said yes, before the engine applies."""
     from qinfra.deploy.engine import Deployer
 
     deployer = Deployer(spec.name, backend=spec.backend)
@@ -173,6 +204,8 @@ def _apply(spec: Any, yes: bool, as_json: bool, consent: _Consent | None = None)
             scratch.keep = True
     if consent is not None:
         consent.given = True
+    if agreed is not None:
+        agreed()
     if not as_json:
         _console(stderr=True).print("[dim]applying; servers count once healthy and warm…[/]")
     outcome = deployer.up()
@@ -180,6 +213,49 @@ def _apply(spec: Any, yes: bool, as_json: bool, consent: _Consent | None = None)
         echo_json({"stack": spec.name, "summary": outcome.summary, "outputs": outcome.outputs})
         return
     _print_endpoints(spec.name, outcome.outputs)
+    if ask and outcome.outputs.get("endpoint"):
+        _ask(spec, str(outcome.outputs["endpoint"]))
+
+
+QUESTION = "What is the capital of France?"
+
+
+def _ask(spec: Any, endpoint: str) -> None:
+    """Ask the served model one question through the front door, once per variant that takes
+    traffic (a sticky key the router sends there), and show the curl that does the same: a
+    local `up` ends with real answers from both sides of the A/B test, not only a table."""
+    import json
+    import shlex
+
+    from qinfra.core.spec import Variant
+    from qinfra.serving.router.assign import bucket_of, variant_of
+
+    percent = spec.rollout.traffic_percent()
+    body = {"model": spec.model.served_name or "model", "max_tokens": 32, "temperature": 0,
+            "messages": [{"role": "user", "content": QUESTION}]}
+    click.echo(f"\n{QUESTION}")
+    for variant in (v for v in Variant if percent[v] > 0):
+        key = next(k for k in (f"you-{i}" for i in range(10_000)) if variant_of(
+            bucket_of(spec.router.salt, k), percent[Variant.QUANTIZED]) is variant)
+        click.echo(f"  {variant:9} -> {_answer(endpoint, body, spec.router.key_header, key)}")
+    curl = (f"curl -s {endpoint}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-H '{spec.router.key_header}: you-0' -d {shlex.quote(json.dumps(body))}")
+    click.echo(f"ask it yourself (the header keeps you in one variant):\n  {curl}")
+
+
+def _answer(endpoint: str, body: dict[str, Any], header: str, key: str) -> str:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/v1/chat/completions",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", header: key})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = json.loads(response.read())["choices"][0]["message"]["content"]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        return f"(asking {endpoint} failed: {exc})"
+    return " ".join(str(text).split())
 
 
 _ENDPOINT_COLUMNS = ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint")
@@ -213,10 +289,11 @@ def endpoints_table(stack: str, outputs: dict[str, Any]) -> Any:
 
 
 def _print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
+    """The front door first (what a client calls), then the variants behind it."""
     console = _console()
-    console.print(endpoints_table(stack, outputs))
     if outputs.get("endpoint"):
-        console.print(f"endpoint: {outputs['endpoint']}")
+        console.print(f"endpoint: {outputs['endpoint']}", highlight=False)
+    console.print(endpoints_table(stack, outputs))
 
 
 @click.command(cls=Command)
@@ -243,11 +320,19 @@ def up(stack: str, yes: bool, as_json: bool) -> None:
 
     Fails at once, before pushing or previewing, while another update holds the stack's lock.
     """
+    from qinfra.deploy.bootstrap import create_store, store_pass_needed
     from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
-    Deployer(stack, backend=spec.backend).check_unlocked()
-    _apply(_ensure_artifacts(spec, quiet=as_json), yes, as_json)
+    deployer = Deployer(stack, backend=spec.backend)
+    deployer.check_unlocked()
+    if store_pass_needed(spec, deployer.exists()):  # a first up: the bucket before the push
+        if not as_json:
+            click.echo(f"creating {spec.artifacts.store.split('/')[2]} for the artifacts first",
+                       err=True)
+        create_store(spec)
+    _apply(_ensure_artifacts(spec, quiet=as_json), yes, as_json,
+           ask=spec.target.value == "local")
 
 
 def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply: bool,
@@ -260,8 +345,10 @@ def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply:
     spec = _load(stack)
     if not no_apply:
         _require_terminal(yes, f"; {spec.path} was not changed")
-    with _until_consent(spec.path) as consent:
+    with _until_consent(spec.path, restored=lambda: _tell_router(stack)) as consent:
         diff = update_stack_file(spec.path, updates)
+        if yes and not no_apply:
+            _tell_router(stack)  # agreed already: the router takes the weights before the engine runs
         if not as_json:
             click.echo(diff.rstrip("\n") if diff else f"{spec.path} already says so")
         if no_apply:
@@ -271,7 +358,8 @@ def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply:
                 click.echo("left for review: commit the stack file and let `pulumi preview` show "
                            "the change in the pull request")
             return
-        _apply(load_stack(stack), yes, as_json, consent)
+        _apply(load_stack(stack), yes, as_json, consent,
+               agreed=None if yes else lambda: _tell_router(stack))
 
 
 @click.command(cls=Command)
@@ -320,13 +408,15 @@ def status(stack: str, as_json: bool) -> None:
     spec = _load(stack)
     outputs = Deployer(stack, backend=spec.backend).outputs()
     health = _health(outputs)
+    front = _health({"variants": {"endpoint": {"endpoint": outputs.get("endpoint")}}})
     if as_json:
-        echo_json({"stack": stack, "outputs": outputs, "health": health})
+        echo_json({"stack": stack, "outputs": outputs, "health": health,
+                   "endpoint_health": front.get("endpoint")})
     elif not outputs:
         click.echo(f"stack {stack} has nothing deployed; run `qinfra up --stack {stack}`")
     else:
         _print_endpoints(stack, outputs)
-        for name, state in health.items():
+        for name, state in {**front, **health}.items():
             colour = "green" if state == "ok" else "red"
             _console().print(f"{name}: [{colour}]{state}[/]")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 from qinfra.core.data import DATA_DIR
@@ -39,11 +39,22 @@ class InstanceType:
 
 
 @dataclass(frozen=True)
+class CpuInstanceType:
+    """A machine without GPUs, for qinfra's own processes (the router)."""
+
+    name: str
+    vcpus: int
+    ram_gib: float
+    usd_per_hour: float
+
+
+@dataclass(frozen=True)
 class Catalog:
     gpus: dict[str, Gpu]
     instances: dict[str, InstanceType]
     price_region: str
     price_date: str
+    cpu_instances: dict[str, CpuInstanceType] = field(default_factory=dict)
 
     def gpu(self, name: str) -> Gpu:
         try:
@@ -70,8 +81,9 @@ def catalog() -> Catalog:
     gpus = {name: Gpu(name=name, **row) for name, row in _read("gpus.toml").items()}
     raw = _read("instances.toml")
     instances = {name: InstanceType(name=name, **row) for name, row in raw["types"].items()}
+    cpus = {name: CpuInstanceType(name=name, **row) for name, row in raw.get("cpu_types", {}).items()}
     meta = raw["meta"]
-    return Catalog(gpus, instances, meta["price_region"], meta["price_date"])
+    return Catalog(gpus, instances, meta["price_region"], meta["price_date"], cpus)
 
 
 def adhoc_gpu(memory_gib: float, compute_capability: float) -> Gpu:

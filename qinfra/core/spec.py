@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -121,12 +122,27 @@ class VariantSpec(_Model):
     artifact: str | None = Field(None, description="Pinned artifact URI, written by "
                                  "`qinfra artifacts push --stack`.")
 
+    gate: str | None = Field(None, description="Pinned gate report URI (quantized variant "
+                             "only), written by `qinfra gate --stack`.")
+
     @field_validator("artifact")
     @classmethod
     def _artifact_uri(cls, v: str | None) -> str | None:
         if v is not None:
             parse_artifact_uri(v)  # ValueError: pydantic reports the key, the value and the shape
         return v
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_uri(cls, v: str | None) -> str | None:
+        if v is not None and not _GATE_REPORT_URI.match(v):
+            raise ValueError("must be <store>/gate/sha256-<64 hex digits>.json. To fix: pin it "
+                             "with `qinfra gate --stack`")
+        return v
+
+
+# Where `qinfra gate` keeps a report (qinfra/quality/gate_report.py writes it).
+_GATE_REPORT_URI = re.compile(r"^(s3://[^/]+|file://)/.*gate/sha256-[0-9a-f]{64}\.json$")
 
 
 class VariantsSpec(_Model):
@@ -142,6 +158,9 @@ class VariantsSpec(_Model):
 
     @model_validator(mode="after")
     def _kinds(self) -> VariantsSpec:
+        if self.baseline.gate is not None:
+            raise FieldError(("baseline", "gate"), self.baseline.gate,
+                             "nothing: the gate report is pinned on the quantized variant")
         for name, variant in self.pairs():
             want, fmt = name.kind, variant.format
             if format_info(fmt).kind is not want:
@@ -166,12 +185,13 @@ class ServingSpec(_Model):
     max_num_batched_tokens: Whole | None = Field(None, ge=16, description="vLLM's prefill chunk; "
                                                "default by GPU class as vLLM does.")
     port: Whole = Field(8000, ge=1, le=MAX_PORT, description="Port the engine listens on "
-                        "(target local: the baseline; the quantized variant takes port + 1).")
+                        "(target local: the router, the stack's front door; the baseline "
+                        "engine takes port + 1 and the quantized one port + 2).")
 
     def local_port(self, variant: Variant) -> int:
-        """Where a variant listens when both share one host (target local): the baseline on
-        `port`, the quantized variant on the next one."""
-        return self.port + list(Variant).index(variant)
+        """Where a variant's engine listens when all share one host (target local): behind the
+        router on `port`, the baseline on the next port and the quantized variant after it."""
+        return self.port + 1 + list(Variant).index(variant)
 
 
 class CpuSpec(_Model):
@@ -250,6 +270,100 @@ class KubernetesSpec(_Model):
                                                  "artifact store.")
 
 
+# An image reference pinned by its manifest digest (OCI distribution spec, "Pulling manifests").
+IMAGE_BY_DIGEST = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
+# An HTTP header name is an RFC 9110 token.
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class RouterSpec(_Model):
+    """The router in front of the engines (target local): how it keys, splits and mirrors."""
+
+    key_header: str = Field("X-Qinfra-User", description="Request header whose value keeps a "
+                            "user in one variant (sticky cohorts); else the OpenAI `user` field, "
+                            "the cookie, or a hash of the bearer token.")
+    cookie: str = Field("qinfra_user", description="Cookie read as the sticky key when the "
+                        "header and the `user` field are absent.")
+    salt: str = Field("qinfra", min_length=1, description="Mixed into every key's bucket: "
+                      "another salt splits the same users differently.")
+    shadow_percent: Number = Field(0.0, ge=0, le=100, description="Share of baseline-assigned "
+                                   "requests mirrored to the quantized variant for comparison "
+                                   "(the mirror's answer is never returned).")
+    max_in_flight: Whole = Field(256, ge=1, le=1_000_000, description="Requests the router "
+                                 "serves at once; more get 429 with Retry-After.")
+    connect_timeout_s: Number = Field(2.0, gt=0, le=3600, description="Seconds to connect to "
+                                      "an engine before trying another replica.")
+    read_timeout_s: Number = Field(300.0, gt=0, le=86_400, description="Seconds an engine may "
+                                   "stay silent mid-answer before the router answers 504.")
+    image: str | None = Field(None, description="target kubernetes: the router's container "
+                              "image, pinned by digest (REPOSITORY@sha256:<64 hex>), built from "
+                              "the qinfra that renders the stack.")
+    artifact: str | None = Field(None, description="target aws: the router's wheels (qinfra and "
+                                 "what the router imports), pinned by `qinfra artifacts push "
+                                 "--stack` like a model artifact.")
+
+    @field_validator("image")
+    @classmethod
+    def _by_digest(cls, v: str | None) -> str | None:
+        if v is not None and not IMAGE_BY_DIGEST.fullmatch(v):
+            raise ValueError("must name an image by digest: REPOSITORY@sha256:<64 hex digits> "
+                             "(a tag can move under a running stack)")
+        return v
+
+    @field_validator("artifact")
+    @classmethod
+    def _router_artifact(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_artifact_uri(v)
+        return v
+
+    @field_validator("key_header", "cookie")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if not _HEADER_TOKEN.fullmatch(v):
+            raise ValueError("must be a header or cookie name: letters, digits and !#$%&'*+.^_`|~-")
+        return v
+
+    @field_validator("shadow_percent")
+    @classmethod
+    def _basis_points(cls, v: float) -> float:
+        if abs(v * 100 - round(v * 100)) > 1e-6:
+            raise ValueError("must have at most two decimals (the router splits in 1/100 %)")
+        return v
+
+
+Ratio = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)]
+
+
+class GateBarSpec(_Model):
+    """Limits on the gate's metrics (qinfra/quality/data/gate_thresholds.toml has the defaults
+    and their sources); unset keeps the default."""
+
+    mean_kld_max: Ratio | None = Field(None, description="Largest mean KL divergence.")
+    same_top_min: Ratio | None = Field(None, le=1, description="Smallest share of tokens with "
+                                       "the same most likely next token.")
+    ppl_ratio_max: Ratio | None = Field(None, description="Largest perplexity ratio.")
+    exact_match_min: Ratio | None = Field(None, le=1, description="Online: smallest share of "
+                                          "prompts answered identically.")
+    prefix_fraction_min: Ratio | None = Field(None, le=1, description="Online: smallest mean "
+                                              "common-prefix share of the answers.")
+
+
+class GateSpec(_Model):
+    acceptance: GateBarSpec = Field(default_factory=GateBarSpec, description="The bar every "
+                                    "format must clear (how far from the baseline it may drift).")
+    family: dict[str, GateBarSpec] = Field(default_factory=dict, description="Per format family "
+                                           "(w8, w6, w5, w4, w3, w2): the drift expected of it.")
+    skip: str | None = Field(None, description="The quantized artifact URI that may take "
+                             "traffic without a passing gate report; written by --skip-gate and "
+                             "so recorded in every update's history.")
+
+    def thresholds(self) -> dict[str, Any]:
+        """The overrides as the thresholds table takes them (unset limits left out)."""
+        return {"acceptance": self.acceptance.model_dump(exclude_none=True),
+                "family": {k: v.model_dump(exclude_none=True) for k, v in self.family.items()}}
+
+
 class StackSpec(_Model):
     """One stack: one model as a baseline and a quantized variant."""
 
@@ -263,6 +377,10 @@ class StackSpec(_Model):
     rollout: RolloutSpec
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec, description="Settings "
                                        "of the kubernetes target.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Quality gate thresholds "
+                           "(overriding the shipped table) and a recorded --skip-gate.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The traffic router "
+                               "(target local): sticky key, salt, shadow share, bounds.")
     backend: str | None = Field(None, description="Pulumi state backend of this stack: "
                                 "s3://bucket/prefix (shared state and locks for a team) or "
                                 "file:///abs/path; default .qinfra/state; PULUMI_BACKEND_URL wins.")
@@ -277,10 +395,10 @@ class StackSpec(_Model):
                               "Pulumi.yaml): relative model and source paths start here.")
 
     def ports(self) -> range:
-        """Every port the target listens on from the stack file alone: on target local both
-        variants share one host, side by side (`ServingSpec.local_port`)."""
+        """Every port the target listens on from the stack file alone: on target local the
+        router and both variants' engines share one host, side by side (`ServingSpec.local_port`)."""
         if self.target is Target.LOCAL:
-            return range(self.serving.port, self.serving.port + len(Variant))
+            return range(self.serving.port, self.serving.port + 1 + len(Variant))
         return range(self.serving.port, self.serving.port + 1)
 
     def local_source(self, source: str) -> str:
@@ -445,6 +563,7 @@ __all__ = [
     "KvCacheDtype",
     "ModelSpec",
     "RolloutSpec",
+    "RouterSpec",
     "ServingSpec",
     "StackSpec",
     "Stage",

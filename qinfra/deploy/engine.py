@@ -23,52 +23,15 @@ from typing import Any
 
 from qinfra.core.errors import DeployError, NeverDeployedError
 from qinfra.deploy.processes import alive
-
-BACKEND_ENV = "PULUMI_BACKEND_URL"
-PASSPHRASE_ENV = "PULUMI_CONFIG_PASSPHRASE"
-PASSPHRASE_FILE_ENV = "PULUMI_CONFIG_PASSPHRASE_FILE"
-
-
-@dataclass(frozen=True)
-class Project:
-    """Where the project's Pulumi.yaml, state, logs and tools are."""
-
-    root: Path
-    backend: str | None = None  # the stack file's qinfra:backend
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / ".qinfra" / "state"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / ".qinfra" / "run"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / ".qinfra" / "logs"
-
-    @property
-    def tools_bin(self) -> Path:
-        """scripts/install-pulumi.sh's folder, in this project or in qinfra's own checkout."""
-        own = self.root / ".tools" / "pulumi" / "bin"
-        checkout = Path(__file__).resolve().parents[2] / ".tools" / "pulumi" / "bin"
-        return own if own.is_dir() or not checkout.is_dir() else checkout
-
-    @property
-    def backend_url(self) -> str:
-        return os.environ.get(BACKEND_ENV) or self.backend or f"file://{self.state_dir}"
-
-    @classmethod
-    def find(cls, start: Path | None = None) -> Project:
-        here = (start or Path.cwd()).resolve()
-        for folder in (here, *here.parents):
-            if (folder / "Pulumi.yaml").is_file():
-                return cls(folder)
-        package_root = Path(__file__).resolve().parents[2]
-        if (package_root / "Pulumi.yaml").is_file():
-            return cls(package_root)
-        raise DeployError(f"no Pulumi.yaml in {here} or above: run qinfra inside the project")
+from qinfra.deploy.project import (
+    BACKEND_ENV,
+    PASSPHRASE_ENV,
+    PASSPHRASE_FILE_ENV,
+    VERSION_CACHE,
+    Project,
+    cli_version,
+    holds_stack,
+)
 
 
 @dataclass(frozen=True)
@@ -239,6 +202,7 @@ class Deployer:
             self.project = replace(self.project, backend=backend)
         self._extra_env = dict(env or {})
         self._stack: Any = None
+        self._cli: Any = None
         self._outputs_before: dict[str, Any] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -263,15 +227,30 @@ class Deployer:
         return env
 
     def _command(self) -> Any:
+        """The Automation API's handle on the CLI, its version read from the cache
+        (`cli_version`): the SDK's own constructor runs `pulumi version` on every start."""
         from pulumi import automation as auto
+        from semver import VersionInfo  # the Pulumi SDK's own version type
 
+        if self._cli is not None:
+            return self._cli
         tools = self.project.tools_bin / "pulumi"
         if tools.is_file():
-            return auto.PulumiCommand(root=str(tools.parent.parent), skip_version_check=True)
-        if shutil.which("pulumi") is None:
+            binary, command = tools, str(tools)  # as PulumiCommand(root=...) names it
+        elif found := shutil.which("pulumi"):
+            binary, command = Path(found), "pulumi"
+        else:
             raise DeployError("no `pulumi` CLI: run scripts/setup.sh (it installs one into "
                               ".tools/pulumi/bin) or put yours on PATH")
-        return auto.PulumiCommand(skip_version_check=True)
+        version = cli_version(binary, self.project.cache_dir / VERSION_CACHE)
+        cli = auto.PulumiCommand.__new__(auto.PulumiCommand)  # its two public fields, no call
+        cli.command = command
+        try:
+            cli.version = VersionInfo.parse(version.removeprefix("v"))
+        except ValueError:
+            cli.version = None  # as the SDK leaves it with its version check skipped
+        self._cli = cli
+        return cli
 
     def stack(self) -> Any:
         """The Automation API stack, selected (or created) once per Deployer."""
@@ -282,8 +261,9 @@ class Deployer:
         return self._stack
 
     def exists(self) -> bool:
-        """Whether the state backend holds this stack; selects it when it does, creates nothing
-        (not even the file backend's folder)."""
+        """Whether the state backend holds this stack; binds it when it does, creates nothing
+        (not even the file backend's folder). A file backend answers from its checkpoint files;
+        another backend through the CLI."""
         if self._stack is not None:
             return True
         folder = self._file_backend()
@@ -323,21 +303,32 @@ class Deployer:
         return Path(url.removeprefix("file://")) if url.startswith("file://") else None
 
     def _select(self, create: bool) -> Any:
+        """The stack in a workspace over the project. Where the checkpoint says the stack
+        exists, no `stack select` runs (0.2 s that only re-reads it; every later command names
+        the stack with --stack, so the CLI's "current stack" is not needed and not changed)."""
         from pulumi import automation as auto
+        from pulumi.automation._stack import StackInitMode  # only for the Stack's repr
 
-        opts = auto.LocalWorkspaceOptions(
-            work_dir=str(self.project.root),
-            env_vars=self.env(),
-            pulumi_command=self._command(),
-        )
-        if create:
-            return auto.create_or_select_stack(
-                stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
+        held = holds_stack(self._file_backend(), self.project.name, self.stack_name)
+        if held is False and not create:
+            return None
+        workspace = auto.LocalWorkspace(work_dir=str(self.project.root), env_vars=self.env(),
+                                        pulumi_command=self._command())
+        if held:
+            stack = auto.Stack.__new__(auto.Stack)  # Stack's fields without its CLI call
+            stack.name, stack.workspace = self.stack_name, workspace
+            stack._mode = StackInitMode.SELECT
+            return stack
         try:
-            return auto.select_stack(
-                stack_name=self.stack_name, work_dir=str(self.project.root), opts=opts)
+            if held is False:
+                return auto.Stack.create(self.stack_name, workspace)
+            if create:
+                return auto.Stack.create_or_select(self.stack_name, workspace)
+            return auto.Stack.select(self.stack_name, workspace)
         except auto.StackNotFoundError:
             return None
+        except auto.StackAlreadyExistsError:  # the checkpoint was not where this looked
+            return auto.Stack.select(self.stack_name, workspace)
 
     def state_file(self) -> Path | None:
         """The stack's checkpoint in a file backend (project-scoped or legacy layout), if any."""

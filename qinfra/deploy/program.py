@@ -6,12 +6,14 @@ input from stack config and the model's config.json, and never uploads or downlo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pulumi
 
 from qinfra.core.errors import NoFitError
 from qinfra.core.spec import StackSpec, parse_program_config
+from qinfra.deploy.bootstrap import STORE_PASS_ENV
 from qinfra.deploy.preview import PLAN_OUTPUT, plan_record
 from qinfra.deploy.targets import TARGETS, DeployInput
 from qinfra.planning.stack import plan_for
@@ -20,6 +22,11 @@ from qinfra.serving.render import render_stack
 
 def main() -> None:
     spec = stack_spec(pulumi.get_stack())
+    if os.environ.get(STORE_PASS_ENV):  # a first `up`: the bucket, before the push fills it
+        from qinfra.deploy.targets.aws import store_pass
+
+        store_pass(spec)
+        return
     plan = plan_for(spec)
     if not plan.fits:
         missing = [f"{v.name}: {'; '.join(v.refused[:3])}" for v in plan.variants if v.chosen is None]

@@ -99,7 +99,7 @@ class ArtifactContext:
     """A pinned artifact and where it is fetched to and verified on a machine."""
 
     stack: str
-    variant: Variant
+    variant: Variant | str  # a Variant, or "router" for the router's pinned wheels
     uri: str
     artifact_id: str
     manifest_sha256: str  # the artifact id names the sha256 of its manifest.json
@@ -218,6 +218,50 @@ class KubeContext:
     startup_failure_threshold: int
     startup_timeout_s: int
     termination_grace_s: int  # a draining pod finishes its longest generation
+
+
+@dataclass(frozen=True)
+class RouterKubeContext:
+    """The router's Kubernetes objects: Deployment, Service, PodDisruptionBudget, ConfigMap."""
+
+    stack: str
+    name: str
+    namespace: str
+    labels: tuple[tuple[str, str], ...]
+    selector: tuple[tuple[str, str], ...]
+    replicas: int
+    image: str
+    command: tuple[str, ...]
+    port: int
+    service_port: int
+    config_dir: str  # the ConfigMap mounted whole (no subPath), so the kubelet updates it in place
+    config_file: str
+    config_json: str
+    cpu_request: str
+    memory_request: str
+    memory_limit: str
+    uid: int
+    probe_period_s: int
+    termination_grace_s: int
+
+
+@dataclass(frozen=True)
+class RouterMachineContext:
+    """A router machine (aws): its pinned wheels, its units, and the SSM parameter it polls."""
+
+    stack: str
+    artifact: ArtifactContext
+    parameter: str
+    region: str | None
+    config_dir: str
+    config_path: str
+    venv: str
+    argv: tuple[str, ...]
+    install_script: str
+    sync_script: str
+    sync_period_s: int
+    graceful_s: int
+    files: tuple[EmbeddedFile, ...] = ()
 
 
 # The slowest token stream a busy replica still delivers, an estimate (qinfra's, not a vendor

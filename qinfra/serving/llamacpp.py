@@ -36,6 +36,18 @@ class QuantizeRecipe:
     tool: str
     version: str
     type: str
+    # Extra llama-quantize flags, e.g. --allow-requantize for a baseline made from an already
+    # quantized file. Left out of the manifest when empty, so older artifacts keep their ids.
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flags", tuple(self.flags))  # JSON gives a list back
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {"tool": self.tool, "version": self.version, "type": self.type}
+        if self.flags:
+            doc["flags"] = list(self.flags)
+        return doc
 
 
 def find_binary(name: str) -> Path:
@@ -72,8 +84,25 @@ def server_version() -> str:
     return _describe_build(server, result.stdout + result.stderr)
 
 
-def quantize(src: Path, dst: Path, gguf_type: str) -> QuantizeRecipe:
+def gguf_file_type(path: Path) -> str | None:
+    """The llama-quantize type name a GGUF file holds ("F16", "Q4_1", ...) from its
+    general.file_type, or None when the file does not say."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    if field is None:
+        return None
+    try:
+        name = LlamaFileType(int(field.contents())).name
+    except ValueError:
+        return None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def quantize(src: Path, dst: Path, gguf_type: str, requantize: bool = False) -> QuantizeRecipe:
     """Quantize the GGUF `src` to `gguf_type` (e.g. "Q4_K_M") at `dst` with real llama-quantize.
+    `requantize` passes --allow-requantize: `src` is already quantized (an F16 made from a Q4_1
+    file carries the Q4_1 file's quality, no more).
 
     The output is written to a temporary file beside `dst` and renamed into place only when
     llama-quantize succeeds, so an interrupted or failed run leaves no half-written artifact.
@@ -85,10 +114,11 @@ def quantize(src: Path, dst: Path, gguf_type: str) -> QuantizeRecipe:
     tool = find_binary(QUANTIZE)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with replacing(dst) as tmp:
-        argv = [str(tool), str(src), str(tmp), gguf_type]
+        flags = ("--allow-requantize",) if requantize else ()
+        argv = [str(tool), *flags, str(src), str(tmp), gguf_type]
         result = _run(argv, what=f"{QUANTIZE} {src.name} -> {gguf_type}")
     version = _describe_build(tool, result.stdout + result.stderr)
-    return QuantizeRecipe(tool=QUANTIZE, version=version, type=gguf_type.upper())
+    return QuantizeRecipe(tool=QUANTIZE, version=version, type=gguf_type.upper(), flags=flags)
 
 
 def _run(argv: list[str], *, what: str) -> subprocess.CompletedProcess[str]:

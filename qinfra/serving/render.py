@@ -28,6 +28,7 @@ from qinfra.serving.contexts import (
     bin_path,
     template_values,
 )
+from qinfra.serving.frontdoor import kube_router_context, machine_router_context, router_artifact
 from qinfra.serving.kube import kube_context
 from qinfra.serving.launch import (
     VariantRender,
@@ -45,6 +46,9 @@ from qinfra.serving.launch import (
 # EC2 refuses user data over 16 KB (EC2 User Guide, "Run commands when you launch an instance").
 USER_DATA_MAX_BYTES = 16 * 1024
 KUBERNETES_KINDS = ("configmap", "deployment", "service", "poddisruptionbudget")
+ROUTER = "router"  # the folder of the router's files, beside the variants'
+# Router machines: dnf's python3.11, the wheels' fetch and verification, the offline install.
+ROUTER_INSTALL_S = 600
 
 _Rendered = dict[Path, str]
 
@@ -177,6 +181,52 @@ def _render_kubernetes(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     }
 
 
+def _render_router_aws(env: jinja2.Environment, spec: StackSpec) -> _Rendered:
+    """cloud-init user-data of the router machines: the pinned wheels fetched, verified and
+    installed offline; the config copied from SSM by a timer; the router as a systemd unit."""
+    artifact = router_artifact(spec)
+    ctx = machine_router_context(spec, artifact)
+    fetch = bin_path("fetch-router.sh")
+    units = "/etc/systemd/system"
+    files = (
+        _script(env, "router/fetch.sh.j2", ctx, ROUTER, "fetch-router.sh"),
+        _script(env, "artifact/verify.sh.j2", artifact, ROUTER, "verify-router.sh"),
+        _script(env, "router/install.sh.j2", ctx, ROUTER, "install-router.sh"),
+        _script(env, "router/sync-config.sh.j2", ctx, ROUTER, "sync-router-config.sh"),
+        _etc(env, "systemd/qinfra-router-install.service.j2",
+             ArtifactUnitContext(artifact, fetch, ROUTER_INSTALL_S), ROUTER,
+             f"{units}/qinfra-router-install.service"),
+        _etc(env, "systemd/qinfra-router-config.service.j2", ctx, ROUTER,
+             f"{units}/qinfra-router-config.service"),
+        _etc(env, "systemd/qinfra-router-config.timer.j2", ctx, ROUTER,
+             f"{units}/qinfra-router-config.timer"),
+        _etc(env, "systemd/qinfra-router.service.j2", ctx, ROUTER, f"{units}/qinfra-router.service"),
+    )
+    text = render_template(env, "cloud-init/router-user-data.yaml.j2", replace(ctx, files=files),
+                           ROUTER)
+    if len(text.encode()) > USER_DATA_MAX_BYTES:
+        raise RenderError(f"cannot render stack '{spec.name}', router: cloud-init user-data is "
+                          f"{len(text.encode())} bytes, over EC2's limit of {USER_DATA_MAX_BYTES}")
+    return {Path(ROUTER, "user-data.yaml"): text}
+
+
+def _render_router_kubernetes(env: jinja2.Environment, spec: StackSpec) -> _Rendered:
+    """The router's ConfigMap (weights and settings), Deployment, Service, PodDisruptionBudget."""
+    ctx = kube_router_context(spec)
+    return {
+        Path(ROUTER, f"{kind}.yaml"): render_template(env, f"kubernetes/router-{kind}.yaml.j2", ctx,
+                                                      ROUTER)
+        for kind in KUBERNETES_KINDS
+    }
+
+
+# The targets whose router is rendered here; the local target starts its router as a process.
+_ROUTERS: dict[Target, Callable[[jinja2.Environment, StackSpec], _Rendered]] = {
+    Target.AWS: _render_router_aws,
+    Target.KUBERNETES: _render_router_kubernetes,
+}
+
+
 _TARGETS: dict[Target, Callable[[jinja2.Environment, VariantRender], _Rendered]] = {
     Target.LOCAL: _render_local,
     Target.AWS: _render_aws,
@@ -194,7 +244,8 @@ def render_stack(
     *,
     templates: Path | None = None,
 ) -> dict[Path, str]:
-    """Every file the stack's target needs, as {<variant>/<file>: text}, sorted by path.
+    """Every file the stack's target needs, as {<variant>/<file>: text} (the cloud targets'
+    router under router/), sorted by path.
 
     Pure and deterministic: the same spec and plan give byte-identical text. Raises RenderError
     (naming the variant and the field) for an unpinned artifact, a plan that does not fit or does
@@ -211,6 +262,8 @@ def render_stack(
     out: dict[Path, str] = {}
     for v in checked:
         out.update(_TARGETS[spec.target](env, v))
+    if spec.target in _ROUTERS:
+        out.update(_ROUTERS[spec.target](env, spec))
     return dict(sorted(out.items()))
 
 
@@ -238,6 +291,7 @@ def render_files(spec: StackSpec, plan: StackPlan, out: Path,
 __all__ = [
     "LLAMA_CPP_BUILD",
     "PROBE_PERIOD_S",
+    "ROUTER",
     "USER_DATA_MAX_BYTES",
     "VLLM_IMAGE",
     "ArtifactContext",

@@ -6,7 +6,9 @@
 // project's Python (runtime.options.virtualenv of Pulumi.yaml, else PULUMI_PYTHON_CMD,
 // else python3) on the SDK's pulumi-language-python-exec shim that sits next to this
 // binary. It reports no required plugins, so the CLI never tries to download any:
-// providers are loaded on demand from PATH / next to the CLI.
+// providers are loaded on demand from PATH / next to the CLI. RunPlugin starts Python plugins
+// the CLI asks a language host for: policy packs (`pulumi preview --policy-pack DIR`, whose
+// PulumiPolicy.yaml says runtime: python) run as `python -u DIR`.
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
@@ -245,4 +248,60 @@ func (h *host) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumir
 		return nil, err
 	}
 	return &pulumirpc.AboutResponse{Executable: py, Version: strings.TrimSpace(string(out))}, nil
+}
+
+// RunPlugin runs a Python plugin (a policy pack: its __main__.py serves the analyzer and prints
+// its port) with the interpreter its PulumiPolicy.yaml names, streaming its output back.
+func (h *host) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc.LanguageRuntime_RunPluginServer) error {
+	info := req.GetInfo()
+	dir := info.GetProgramDirectory()
+	if dir == "" {
+		dir = req.GetProgram()
+	}
+	root := info.GetRootDirectory()
+	if root == "" {
+		root = dir
+	}
+	py, env, err := python(root, info.GetOptions().AsMap())
+	if err != nil {
+		return err
+	}
+	entry := info.GetEntryPoint()
+	if entry == "" {
+		entry = "."
+	}
+	cmd := exec.Command(py, append([]string{"-u", filepath.Join(dir, entry)}, req.GetArgs()...)...)
+	cmd.Dir = req.GetPwd()
+	cmd.Env = append(env, req.GetEnv()...)
+	var mu sync.Mutex // a gRPC stream takes one Send at a time
+	send := func(r *pulumirpc.RunPluginResponse) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return server.Send(r)
+	}
+	cmd.Stdout = streamWriter(func(b []byte) error {
+		return send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stdout{Stdout: b}})
+	})
+	cmd.Stderr = streamWriter(func(b []byte) error {
+		return send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stderr{Stderr: b}})
+	})
+	code := int32(0)
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) {
+			return fmt.Errorf("could not run %s: %w", py, err)
+		}
+		code = int32(exitErr.ExitCode())
+	}
+	return send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
+}
+
+// streamWriter is an io.Writer that hands every write (a copy: exec reuses its buffer) to send.
+type streamWriter func([]byte) error
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	if err := w(append([]byte(nil), p...)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

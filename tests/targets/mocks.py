@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import pulumi
 from pulumi.runtime import settings
 from ruamel.yaml import YAML
 
-from tests.render_helpers import LLAMA_8B, PINS, STACKS
+from tests.render_helpers import LLAMA_8B, PINS, ROUTER_IMAGE, ROUTER_PIN, STACKS
 
 API_KEY = "sk-qinfra-test-key"  # plain text only inside Pulumi, as a secret config value
 REGION = "us-east-1"
@@ -93,8 +94,8 @@ class Run:
 
 
 def stack_config(stack: str, stage: str, percent: int, **overrides: Any) -> dict[str, Any]:
-    """A shipped stack's config, pinned as `qinfra artifacts push` pins it, the model read from
-    its reference config.json, at the given rollout stage."""
+    """A shipped stack's config, pinned as `qinfra artifacts push` pins it (the router too), the
+    model read from its reference config.json, at the given rollout stage."""
     config = dict(YAML(typ="safe").load((STACKS / f"Pulumi.{stack}.yaml").read_text())["config"])
     config["qinfra:model"] = {**config["qinfra:model"], "id": str(LLAMA_8B)}
     store = config["qinfra:artifacts"]["store"]
@@ -102,6 +103,8 @@ def stack_config(stack: str, stage: str, percent: int, **overrides: Any) -> dict
         name: {**spec, "artifact": f"{store}/{PINS[name]}/"}
         for name, spec in config["qinfra:variants"].items()
     }
+    config["qinfra:router"] = {**config.get("qinfra:router", {}), "artifact": f"{store}/{ROUTER_PIN}/",
+                               "image": ROUTER_IMAGE}
     config["qinfra:rollout"] = {"stage": stage, "quantized_percent": percent}
     config.update(overrides)
     return config
@@ -110,6 +113,9 @@ def stack_config(stack: str, stage: str, percent: int, **overrides: Any) -> dict
 def run_program(stack: str, config: Mapping[str, Any], secret_keys: tuple[str, ...] = ()) -> Run:
     """qinfra.deploy.program.main() under fresh mocks and config, as `pulumi up` would run it."""
     from qinfra.deploy import program
+    # Pulumi's mocks run on the thread's current event loop; a test before this one that used
+    # asyncio.run() leaves none set (asyncio.run clears it), so give each run its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)  # a fresh root stack resource per run; mocks are process-wide
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="qinfra", stack=stack, preview=False)

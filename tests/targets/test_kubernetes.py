@@ -1,7 +1,9 @@
-"""The kubernetes target under Pulumi mocks: workloads from the render, route weights, rollback."""
+"""The kubernetes target under Pulumi mocks: workloads from the render, the router in front of
+them (its ConfigMap holds the weights), rollback."""
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 
 from qinfra.core.spec import PULUMI_HELD, parse_config
 from qinfra.deploy.targets.kubernetes import secret_refs
-from tests.render_helpers import PINS, launch_command, plan_for
+from tests.render_helpers import PINS, ROUTER_IMAGE, launch_command, plan_for
 from tests.targets.mocks import API_KEY, Run, changed, changes, run_program, stack_config, walk
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -29,14 +31,15 @@ STAGES = [
     ("rollback", 0),       # back to the baseline, quantized at zero
 ]
 
-INVENTORY = {
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+INVENTORY = {  # per variant and for the router: ConfigMap, Deployment, Service, disruption budget
     NAMESPACE: 1,
     ACCOUNT: 1,
     SECRET: 1,
-    CONFIGMAP: 2,
-    DEPLOYMENT: 2,
-    SERVICE: 2,
-    "kubernetes:policy/v1:PodDisruptionBudget": 2,
+    CONFIGMAP: 3,
+    DEPLOYMENT: 3,
+    SERVICE: 3,
+    PDB: 3,
     ROUTE: 1,
 }
 
@@ -55,9 +58,14 @@ def plan(stage: str, percent: int) -> dict[str, Any]:
     return {v.name: v.chosen for v in plan_for(spec).variants}
 
 
+def router_config(run: Run) -> dict[str, Any]:
+    return json.loads(run.one(CONFIGMAP, "router").inputs["data"]["config.json"])
+
+
 def route_weights(run: Run) -> dict[str, int]:
-    (rule,) = run.one(ROUTE).inputs["spec"]["rules"]
-    return {ref["name"].rsplit("-", 1)[1]: int(ref["weight"]) for ref in rule["backendRefs"]}
+    """Weight per variant: what the router splits by (the route only reaches the router)."""
+    percent = router_config(run)["quantized_percent"]
+    return {"baseline": int(100 - percent), "quantized": int(percent)}
 
 
 def engine(run: Run, variant: str) -> dict[str, Any]:
@@ -72,7 +80,7 @@ def test_resources_per_stage(stage: str, percent: int) -> None:
     assert {r.typ for r in run.resources} == set(INVENTORY)
     chosen = plan(stage, percent)
     for variant, option in chosen.items():
-        deployment = run.one(DEPLOYMENT, variant).inputs
+        deployment = run.one(DEPLOYMENT, f"k8s-{variant}").inputs
         assert deployment["metadata"]["name"] == f"qinfra-k8s-{variant}"
         assert deployment["metadata"]["namespace"] == "qinfra"
         assert deployment["spec"]["replicas"] == option.engines_total
@@ -82,6 +90,9 @@ def test_resources_per_stage(stage: str, percent: int) -> None:
         assert pod["serviceAccountName"] == "qinfra-k8s"
         assert f"{STORE}/{PINS[variant]}/" in pod["initContainers"][0]["args"]
     assert "--quantization fp8" in run.one(CONFIGMAP, "quantized").inputs["data"]["serve.sh"]
+    config = router_config(run)
+    assert config["replicas"] == {v: [f"http://qinfra-k8s-{v}.qinfra.svc.cluster.local:8000"]
+                                  for v in ("baseline", "quantized")}
     # The baseline is always sized for all traffic; the quantized Deployment is kept at zero.
     assert chosen["baseline"].engines_total >= 1
     assert (chosen["quantized"].engines_total == 0) == (percent == 0)
@@ -154,14 +165,15 @@ def test_the_default_namespace_is_not_the_stacks_to_create() -> None:
 
 
 def test_rollback_is_only_traffic_and_capacity() -> None:
-    """ab_test -> rollback: the route's weights and the quantized replicas, nothing else; the pod
-    templates (image, flags, artifacts) stay as they were."""
+    """ab_test -> rollback: the router ConfigMap's weight and the quantized replicas, nothing
+    else; the pod templates (image, flags, artifacts) and the router pods stay as they were."""
     before, after = k8s("ab_test", 10), k8s("rollback", 0)
-    refs = ".spec.rules[0].backendRefs"
     assert changed(before, after) == {
-        (ROUTE, "qinfra-k8s"): [f"{refs}[0].weight", f"{refs}[1].weight"],
+        (CONFIGMAP, "qinfra-k8s-router-config"): [".data.config.json"],
         (DEPLOYMENT, "qinfra-k8s-quantized"): [".spec.replicas"],
     }
+    old, new = router_config(before), router_config(after)
+    assert {k for k in old if old[k] != new[k]} == {"quantized_percent"}
     assert route_weights(after) == {"baseline": 100, "quantized": 0}
     assert after.one(DEPLOYMENT, "quantized").inputs["spec"]["replicas"] == 0
     exported = changes(before.exports, after.exports)
@@ -172,3 +184,43 @@ def test_rollback_is_only_traffic_and_capacity() -> None:
     assert [c for c in exported if c.startswith(".plan.")] == [
         ".plan.usd_per_hour", *(f".plan.variants.quantized.{k}" for k in (
             "engines", "gpus", "machines", "sized_for_percent", "usd_per_hour"))]
+
+
+def test_the_route_reaches_only_the_router() -> None:
+    run = k8s("gradual", 25)
+    (rule,) = run.one(ROUTE).inputs["spec"]["rules"]
+    assert rule["backendRefs"] == [{"name": "qinfra-k8s-router", "port": 80}]
+    service = run.one(SERVICE, "router").inputs["spec"]
+    assert service["ports"][0]["port"] == 80 and service["ports"][0]["targetPort"] == "http"
+
+
+def test_router_deployment_is_replicated_probed_and_reloads_its_config() -> None:
+    run = k8s("gradual", 25)
+    deployment = run.one(DEPLOYMENT, "router").inputs
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    (router,) = pod["containers"]
+    assert router["image"] == ROUTER_IMAGE  # by digest
+    assert router["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert set(router["resources"]["requests"]) == {"cpu", "memory"}
+    # the whole ConfigMap mounted as a folder (no subPath), so the kubelet updates it in place
+    (mount,) = router["volumeMounts"]
+    assert "subPath" not in mount and mount["mountPath"] == "/etc/qinfra/router"
+    assert router["command"][router["command"].index("--config") + 1] == "/etc/qinfra/router/config.json"
+    assert pod["volumes"][0]["configMap"]["name"] == "qinfra-k8s-router-config"
+    budget = run.one(PDB, "router").inputs["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize(("stage", "percent"), STAGES)
+def test_router_config_is_the_rollout(stage: str, percent: int) -> None:
+    assert router_config(k8s(stage, percent))["quantized_percent"] == percent
+
+
+def test_a_weight_change_replaces_no_pod() -> None:
+    """Every Deployment's pod template stays as it was when the weights change."""
+    before, after = k8s("ab_test", 10), k8s("gradual", 25)
+    for key, paths in changed(before, after).items():
+        assert key[0] != DEPLOYMENT or paths == [".spec.replicas"], (key, paths)
+    assert (CONFIGMAP, "qinfra-k8s-router-config") in changed(before, after)

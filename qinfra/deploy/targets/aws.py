@@ -1,11 +1,17 @@
-"""The aws target: per variant a GPU Auto Scaling group behind one weighted application load balancer."""
+"""The aws target: per variant a GPU Auto Scaling group behind an internal load balancer, and the
+router's own group behind the public one (aws_router.py).
+
+Request path: client -> public ALB :80 -> router (c7i.large x2, two zones) :8080 -> internal ALB
+:8100 (baseline) / :8101 (quantized) -> that variant's engines :8000+. Security groups chain the
+same way: only the public ALB reaches the routers, only the routers reach the internal ALB, only
+the internal ALB reaches the engines."""
 
 from __future__ import annotations
 
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +19,21 @@ import pulumi
 import pulumi_aws as aws
 
 from qinfra.core.errors import NoFitError, SpecError
-from qinfra.core.spec import StackSpec
+from qinfra.core.spec import StackSpec, Variant
 from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output
+from qinfra.deploy.targets.aws_router import (
+    RouterFleet,
+    internal_listeners,
+    internal_port,
+    internal_ports,
+    parameter,
+    router_subnets,
+)
+from qinfra.deploy.targets.aws_router import fleet as router_fleet
 from qinfra.serving.contexts import LaunchInputs, generation_s
+from qinfra.serving.frontdoor import ROUTER_PORT
 from qinfra.serving.launch import artifact_bytes, check_variant, engine_instances
+from qinfra.serving.render import ROUTER
 
 # AWS Deep Learning Base GPU AMI (Ubuntu 22.04): NVIDIA driver, docker and the NVIDIA container
 # toolkit, AWS CLI (AWS DLAMI Developer Guide, "DLAMI release notes", Base OSS Nvidia Driver GPU
@@ -29,12 +46,9 @@ AMI_ARCHITECTURE = "x86_64"
 ENGINE_IMAGE_GIB = 40
 HEADROOM_GIB = 10
 LISTENER_PORT = 80
-# Elastic Load Balancing User Guide (ALB): a forward action takes at most 5 target groups,
-# weights 0..999; group stickiness 1 s..7 days; slow start 30..900 s; deregistration delay
-# 0..3600 s; idle timeout 1..4000 s.
+# Elastic Load Balancing User Guide (ALB): a forward action takes at most 5 target groups;
+# slow start 30..900 s; deregistration delay 0..3600 s; idle timeout 1..4000 s.
 MAX_FORWARD_TARGET_GROUPS = 5
-MAX_WEIGHT = 999
-STICKINESS_S = 24 * 3600  # an A/B user keeps one variant for a day
 SLOW_START_S = 120  # a warmed replica still ramps up before taking its full share
 MAX_DEREGISTRATION_S = 3600
 MAX_IDLE_TIMEOUT_S = 4000
@@ -55,7 +69,7 @@ class Store:
 class Fleet:
     """What one variant runs: its machines, and the engine ports on each of them."""
 
-    name: str
+    name: Variant
     instance_type: str
     machines: int
     ports: tuple[int, ...]
@@ -86,22 +100,13 @@ def fleets(deploy: DeployInput) -> list[Fleet]:
             artifact_bytes=artifact_bytes(v.option),
             boot_s=boot_s(spec, v.option),
         ))
-    groups = sum(len(f.ports) for f in out)
-    if groups > MAX_FORWARD_TARGET_GROUPS:
-        each = ", ".join(f"{f.name} {len(f.ports)} on {f.instance_type}" for f in out)
-        raise NoFitError(f"stack {spec.name}: the plan runs {groups} engines per machine ({each}), "
-                         "each port a target group, and one load balancer forwards to at most "
-                         f"{MAX_FORWARD_TARGET_GROUPS}. To fix: list GPUs sold in smaller machines "
-                         "in qinfra:fleet.gpus (l4, a10g, l40s)")
-    return out
-
-
-def target_group_weights(traffic: Mapping[str, int], groups: Mapping[str, int]) -> dict[str, int]:
-    """The weight of each of a variant's target groups. The load balancer splits by weight over
-    target groups, so a variant with k groups gives each share * L / k (L: the lcm of the k's)."""
-    lcm = math.lcm(*groups.values())
-    out = {name: traffic[name] * lcm // k for name, k in groups.items()}
-    assert max(out.values()) <= MAX_WEIGHT, out
+    for f in out:
+        if len(f.ports) > MAX_FORWARD_TARGET_GROUPS:
+            raise NoFitError(
+                f"stack {spec.name}: the plan runs {len(f.ports)} {f.name} engines per "
+                f"{f.instance_type}, each port a target group, and one listener forwards to at "
+                f"most {MAX_FORWARD_TARGET_GROUPS}. To fix: list GPUs sold in smaller machines in "
+                "qinfra:fleet.gpus (l4, a10g, l40s)")
     return out
 
 
@@ -132,6 +137,12 @@ def artifact_bucket(spec: StackSpec, where: Store) -> None:
     aws.s3.BucketPublicAccessBlock(name, bucket=bucket.id, block_public_acls=True,
                                    block_public_policy=True, ignore_public_acls=True,
                                    restrict_public_buckets=True, opts=keep)
+
+
+def store_pass(spec: StackSpec) -> None:
+    """The first pass of a first `up` (qinfra/deploy/bootstrap.py): the bucket only."""
+    if spec.artifacts.create_bucket:
+        artifact_bucket(spec, store(spec))
 
 
 def api_key_parameter(spec: StackSpec) -> aws.ssm.Parameter | None:
@@ -183,35 +194,59 @@ def instance_profile(spec: StackSpec, where: Store, region: str,
 class Network:
     vpc_id: str
     subnet_ids: Sequence[str]
-    balancer_sg: aws.ec2.SecurityGroup
+    balancer_sg: aws.ec2.SecurityGroup  # the public load balancer
+    router_sg: aws.ec2.SecurityGroup
+    internal_sg: aws.ec2.SecurityGroup  # the internal load balancer in front of the engines
     engine_sg: aws.ec2.SecurityGroup
 
 
+def _group(spec: StackSpec, vpc_id: str, role: str, what: str) -> aws.ec2.SecurityGroup:
+    name = f"qinfra-{spec.name}-{role}"
+    return aws.ec2.SecurityGroup(name, vpc_id=vpc_id, description=f"qinfra {spec.name}: {what}",
+                                 tags=_tags(spec, name))
+
+
+def _hop(spec: StackSpec, name: str, source: aws.ec2.SecurityGroup, target: aws.ec2.SecurityGroup,
+         ports: tuple[int, int]) -> None:
+    """`source` may open connections to `target` on `ports` and nowhere else on them: the egress
+    rule on one side, the ingress rule on the other, each naming the other's group."""
+    low, high = ports
+    aws.vpc.SecurityGroupEgressRule(f"qinfra-{spec.name}-{name}-out", security_group_id=source.id,
+                                    ip_protocol="tcp", from_port=low, to_port=high,
+                                    referenced_security_group_id=target.id)
+    aws.vpc.SecurityGroupIngressRule(f"qinfra-{spec.name}-{name}-in", security_group_id=target.id,
+                                     ip_protocol="tcp", from_port=low, to_port=high,
+                                     referenced_security_group_id=source.id)
+
+
 def network(spec: StackSpec, ports: Sequence[int]) -> Network:
-    """The default VPC; the engine ports open to the load balancer's security group only."""
+    """The default VPC, and one chain of security groups: the world reaches the public load
+    balancer, it the routers, they the internal load balancer, and it the engines; no group
+    lets anything else in."""
     vpc = aws.ec2.get_vpc(default=True)
     subnets = aws.ec2.get_subnets(filters=[{"name": "vpc-id", "values": [vpc.id]}])
-    balancer = aws.ec2.SecurityGroup(f"qinfra-{spec.name}-lb", vpc_id=vpc.id,
-                                     description=f"qinfra {spec.name}: load balancer",
-                                     tags=_tags(spec, f"qinfra-{spec.name}-lb"))
-    engines = aws.ec2.SecurityGroup(f"qinfra-{spec.name}-engine", vpc_id=vpc.id,
-                                    description=f"qinfra {spec.name}: engines, reached by the "
-                                    "load balancer only", tags=_tags(spec, f"qinfra-{spec.name}-engine"))
-    low, high = min(ports), max(ports)
-    aws.vpc.SecurityGroupIngressRule(f"qinfra-{spec.name}-lb-http", security_group_id=balancer.id,
+    net = Network(
+        vpc.id, subnets.ids,
+        balancer_sg=_group(spec, vpc.id, "lb", "public load balancer"),
+        router_sg=_group(spec, vpc.id, "router", "routers, reached by the public load balancer only"),
+        internal_sg=_group(spec, vpc.id, "internal", "internal load balancer, reached by the "
+                           "routers only"),
+        engine_sg=_group(spec, vpc.id, "engine", "engines, reached by the internal load balancer "
+                         "only"),
+    )
+    aws.vpc.SecurityGroupIngressRule(f"qinfra-{spec.name}-lb-http", security_group_id=net.balancer_sg.id,
                                      ip_protocol="tcp", from_port=LISTENER_PORT,
                                      to_port=LISTENER_PORT, cidr_ipv4="0.0.0.0/0")
-    aws.vpc.SecurityGroupEgressRule(f"qinfra-{spec.name}-lb-engines", security_group_id=balancer.id,
-                                    ip_protocol="tcp", from_port=low, to_port=high,
-                                    referenced_security_group_id=engines.id)
-    aws.vpc.SecurityGroupIngressRule(f"qinfra-{spec.name}-engine-from-lb",
-                                     security_group_id=engines.id, ip_protocol="tcp",
-                                     from_port=low, to_port=high,
-                                     referenced_security_group_id=balancer.id)
-    # Out: S3, SSM and the image registries.
-    aws.vpc.SecurityGroupEgressRule(f"qinfra-{spec.name}-engine-out", security_group_id=engines.id,
+    _hop(spec, "lb-router", net.balancer_sg, net.router_sg, (ROUTER_PORT, ROUTER_PORT))
+    _hop(spec, "router-internal", net.router_sg, net.internal_sg, internal_ports())
+    _hop(spec, "internal-engine", net.internal_sg, net.engine_sg, (min(ports), max(ports)))
+    # Out: routers to S3, SSM and the package repository (HTTPS only); engines also pull images.
+    aws.vpc.SecurityGroupEgressRule(f"qinfra-{spec.name}-router-https", security_group_id=net.router_sg.id,
+                                    ip_protocol="tcp", from_port=443, to_port=443,
+                                    cidr_ipv4="0.0.0.0/0")
+    aws.vpc.SecurityGroupEgressRule(f"qinfra-{spec.name}-engine-out", security_group_id=net.engine_sg.id,
                                     ip_protocol="-1", cidr_ipv4="0.0.0.0/0")
-    return Network(vpc.id, subnets.ids, balancer, engines)
+    return net
 
 
 def gpu_ami() -> aws.ec2.AwaitableGetAmiResult:
@@ -262,6 +297,7 @@ def target_groups(spec: StackSpec, fleet: Fleet, vpc_id: str) -> list[aws.lb.Tar
             _short(f"qinfra-{spec.name}", fleet.name, str(i)),
             port=port, protocol="HTTP", target_type="instance", vpc_id=vpc_id,
             slow_start=SLOW_START_S, deregistration_delay=drain,
+            load_balancing_algorithm_type="least_outstanding_requests",
             health_check={"path": HEALTH_PATH, "port": "traffic-port", "protocol": "HTTP",
                           "matcher": "200", "interval": 15, "timeout": 5, "healthy_threshold": 2,
                           "unhealthy_threshold": 3},
@@ -295,23 +331,19 @@ def group(spec: StackSpec, fleet: Fleet, template: aws.ec2.LaunchTemplate,
     )
 
 
-def load_balancer(spec: StackSpec, net: Network, forward: Sequence[tuple[aws.lb.TargetGroup, int]]
-                  ) -> aws.lb.LoadBalancer:
-    """One front door; the listener splits traffic by weight, and group stickiness keeps a user
-    on the variant they were first sent to."""
-    alb = aws.lb.LoadBalancer(
+def load_balancers(spec: StackSpec, net: Network) -> tuple[aws.lb.LoadBalancer, aws.lb.LoadBalancer]:
+    """(public, internal): the front door the routers sit behind, and the one before the engines."""
+    idle = min(generation_s(spec), MAX_IDLE_TIMEOUT_S)
+    public = aws.lb.LoadBalancer(
         _short(f"qinfra-{spec.name}", "lb"), load_balancer_type="application", internal=False,
-        security_groups=[net.balancer_sg.id], subnets=list(net.subnet_ids),
-        idle_timeout=min(generation_s(spec), MAX_IDLE_TIMEOUT_S), drop_invalid_header_fields=True,
-        tags=_tags(spec, f"qinfra-{spec.name}"))
-    aws.lb.Listener(
-        f"qinfra-{spec.name}-http", load_balancer_arn=alb.arn, port=LISTENER_PORT, protocol="HTTP",
-        default_actions=[{"type": "forward", "forward": {
-            "target_groups": [{"arn": g.arn, "weight": w} for g, w in forward],
-            "stickiness": {"enabled": True, "duration": STICKINESS_S},
-        }}],
-        tags=_tags(spec, f"qinfra-{spec.name}-http"))
-    return alb
+        security_groups=[net.balancer_sg.id], subnets=router_subnets(spec, net.subnet_ids),
+        idle_timeout=idle, drop_invalid_header_fields=True, tags=_tags(spec, f"qinfra-{spec.name}"))
+    internal = aws.lb.LoadBalancer(
+        _short(f"qinfra-{spec.name}", "in"), load_balancer_type="application", internal=True,
+        security_groups=[net.internal_sg.id], subnets=list(net.subnet_ids),
+        idle_timeout=idle, drop_invalid_header_fields=True,
+        tags=_tags(spec, f"qinfra-{spec.name}-internal"))
+    return public, internal
 
 
 def deploy(deploy: DeployInput) -> Deployed:
@@ -324,16 +356,25 @@ def deploy(deploy: DeployInput) -> Deployed:
     profile = instance_profile(spec, where, region, api_key_parameter(spec))
     net = network(spec, [p for f in plan for p in f.ports])
     ami = gpu_ami()
-    traffic = spec.rollout.traffic_percent()
-    per_group = target_group_weights(traffic, {f.name: len(f.ports) for f in plan})
-    forward: list[tuple[aws.lb.TargetGroup, int]] = []
+    public, internal = load_balancers(spec, net)
+    groups: dict[Variant, list[aws.lb.TargetGroup]] = {}
     for fleet in plan:
         template = launch_template(spec, fleet, deploy.file(fleet.name, "user-data.yaml"), ami,
                                    profile, net)
-        groups = target_groups(spec, fleet, net.vpc_id)
-        group(spec, fleet, template, groups, net)
-        forward += [(g, per_group[fleet.name]) for g in groups]
-    alb = load_balancer(spec, net, forward)
-    variants = {v.name: variant_output(deploy, v, weight_percent=traffic[v.name])
-                for v in deploy.plan.variants}
-    return Deployed(variants=variants, endpoint=pulumi.Output.concat("http://", alb.dns_name))
+        groups[fleet.name] = target_groups(spec, fleet, net.vpc_id)
+        group(spec, fleet, template, groups[fleet.name], net)
+    internal_listeners(spec, internal, groups)
+    config = parameter(spec, internal.dns_name)
+    routers = RouterFleet(deploy.file(ROUTER, "user-data.yaml"), net.router_sg,
+                          router_subnets(spec, net.subnet_ids), net.vpc_id)
+    front = router_fleet(spec, routers, config, _tags(spec, f"qinfra-{spec.name}-router"))
+    aws.lb.Listener(
+        f"qinfra-{spec.name}-http", load_balancer_arn=public.arn, port=LISTENER_PORT, protocol="HTTP",
+        default_actions=[{"type": "forward", "target_group_arn": front.arn}],
+        tags=_tags(spec, f"qinfra-{spec.name}-http"))
+    traffic = spec.rollout.traffic_percent()
+    variants = {v.name: variant_output(
+        deploy, v, weight_percent=traffic[v.name],
+        endpoint=pulumi.Output.concat("http://", internal.dns_name, f":{internal_port(Variant(v.name))}"))
+        for v in deploy.plan.variants}
+    return Deployed(variants=variants, endpoint=pulumi.Output.concat("http://", public.dns_name))

@@ -1,4 +1,5 @@
-"""The kubernetes target: the rendered manifests as typed resources, traffic split by an HTTPRoute."""
+"""The kubernetes target: the rendered manifests as typed resources; clients reach the router
+through an HTTPRoute, and the router splits traffic between the variants' Services."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from qinfra.core.spec import StackSpec
 from qinfra.deploy.targets import Deployed, DeployInput, boot_s, variant_output
 from qinfra.serving.contexts import generation_s
 from qinfra.serving.kube import k8s_name
+from qinfra.serving.render import ROUTER
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"  # EKS User Guide, IAM roles for service accounts
@@ -96,10 +98,10 @@ def identity(namespace: str, service_account: str, role_arn: str | None,
     return out
 
 
-def route(spec: StackSpec, namespace: str, backends: Sequence[tuple[str, int, int]],
+def route(spec: StackSpec, namespace: str, backend: tuple[str, int],
           services: Sequence[pulumi.Resource]) -> k8s.apiextensions.CustomResource:
-    """Gateway API HTTPRoute: one rule, each variant's Service weighted by its share of traffic,
-    and a request timeout long enough for one generation."""
+    """Gateway API HTTPRoute: one rule to the router's Service (the router keeps users in their
+    variant and splits by weight), and a request timeout long enough for one generation."""
     settings = spec.kubernetes
     parent: dict[str, Any] = {"name": settings.gateway}
     if settings.gateway_namespace:
@@ -113,13 +115,27 @@ def route(spec: StackSpec, namespace: str, backends: Sequence[tuple[str, int, in
             **({"hostnames": [settings.hostname]} if settings.hostname else {}),
             "rules": [{
                 "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                "backendRefs": [{"name": svc, "port": port, "weight": weight}
-                                for svc, port, weight in backends],
+                "backendRefs": [{"name": backend[0], "port": backend[1]}],
                 "timeouts": {"request": f"{generation_s(spec)}s"},
             }],
         },
         opts=pulumi.ResourceOptions(depends_on=list(services)),
     )
+
+
+def objects(load: Workload, docs: Mapping[str, dict[str, Any]], ready: Sequence[pulumi.Resource],
+            wait: str | None) -> dict[str, pulumi.Resource]:
+    """One workload's objects in the kind table's order, each after the ones before it."""
+    made: dict[str, pulumi.Resource] = {}
+    for kind, (resource, body) in KINDS.items():
+        doc = docs[kind]
+        opts = pulumi.ResourceOptions(
+            depends_on=[*ready, *made.values()],
+            custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)
+            if kind == "Deployment" and wait else None)
+        made[kind] = resource(doc["metadata"]["name"], metadata=doc["metadata"],  # type: ignore[call-arg]
+                              **{body: doc[body]}, opts=opts)
+    return made
 
 
 def deploy(deploy: DeployInput) -> Deployed:
@@ -136,29 +152,21 @@ def deploy(deploy: DeployInput) -> Deployed:
     ready = identity(namespace, accounts.pop(), spec.kubernetes.service_account_role_arn, secrets,
                      first)
     services: list[pulumi.Resource] = []
-    backends: list[tuple[str, int, int]] = []
     variants: dict[str, Any] = {}
     for load, plan in zip(loads, deploy.plan.variants, strict=True):
         chosen = plan.chosen
         assert chosen is not None  # the program refuses plans that do not fit
         docs = {**load.manifests, "Deployment": scaled(load.manifests["Deployment"], chosen.engines_total)}
         # A replica may take this long to become ready; beyond the provider's 10-minute default.
-        wait = f"{boot_s(spec, chosen) + 300}s"
-        made: dict[str, pulumi.Resource] = {}
-        for kind, (resource, body) in KINDS.items():
-            doc = docs[kind]
-            opts = pulumi.ResourceOptions(
-                depends_on=[*ready, *made.values()],
-                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)
-                if kind == "Deployment" else None)
-            made[kind] = resource(doc["metadata"]["name"], metadata=doc["metadata"],  # type: ignore[call-arg]
-                                  **{body: doc[body]}, opts=opts)
+        made = objects(load, docs, ready, f"{boot_s(spec, chosen) + 300}s")
         services.append(made["Service"])
         svc, port = load.service
-        backends.append((svc, port, traffic[plan.name]))
         variants[plan.name] = variant_output(
             deploy, plan, weight_percent=traffic[plan.name],
             endpoint=f"http://{svc}.{namespace}.svc.cluster.local:{port}")
-    route(spec, namespace, backends, services)
+    # The router last: its config names the variants' Services, which exist by then.
+    router = workload(deploy, ROUTER)
+    made = objects(router, router.manifests, [*ready, *services], None)
+    route(spec, namespace, router.service, [made["Service"]])
     hostname = spec.kubernetes.hostname
     return Deployed(variants=variants, endpoint=f"http://{hostname}" if hostname else None)

@@ -1,5 +1,6 @@
 """The local target: the pinned artifact checked in its file store, one real llama-server per
-variant that takes traffic, as Pulumi dynamic resources whose state is the server's identity.
+variant that takes traffic, and qinfra's router in front of them on qinfra:serving.port, as
+Pulumi dynamic resources whose state is the process's identity.
 
 A server is signalled only when its recorded identity (pid and start time) still matches, so a
 pid that another process took over is never killed; the API key reaches the server as a file
@@ -32,7 +33,7 @@ from qinfra.deploy.processes import (
     running,
     stop,
 )
-from qinfra.deploy.targets import Deployed, DeployInput, variant_output
+from qinfra.deploy.targets import Deployed, DeployInput, router_process, variant_output
 
 RUN_DIR_ENV = "QINFRA_RUN_DIR"
 PID_FILE = "server.pid"  # the pid alone, as other tools read pid files
@@ -144,10 +145,10 @@ def check_ports(stack: str, ports: dict[str, int]) -> None:
     """Refuse, naming every variant's taken port at once, before any server starts. Skipped
     while a server of the stack runs: it may hold a port it is about to give up, and each
     start checks its own port again."""
-    folders = [run_dir() / stack / variant for variant in Variant]
+    folders = [run_dir() / stack / name for name in (*Variant, router_process.ROUTER_DIR)]
     if any(running(recorded_server(folder)) for folder in folders):
         return
-    taken = [_taken_message(v, port) for v, port in ports.items() if port_taken(port)]
+    taken = [_taken_message(name, port) for name, port in ports.items() if port_taken(port)]
     if taken:
         raise DeployError(f"stack {stack} cannot start its servers: {'; '.join(taken)}. To fix: "
                           "stop what holds the port, or set qinfra:serving.port to a free range")
@@ -341,6 +342,86 @@ class LlamaServer(dyn.Resource, module="qinfra", name="LlamaServer"):
                          {**props, "pid": None, "identity": None, "log": None}, opts)
 
 
+class RouterProvider(dyn.ResourceProvider):
+    """The router: create launches it on its config; an update that only changes the config
+    writes the file and waits until the router serves it (no restart, nothing in flight lost),
+    then waits for the variants it stopped sending to to drain, so their engines (deleted after
+    this update) fail no request; read and diff notice a router that died or a config file
+    that says something else (a live write whose apply failed), so the next `up` converges."""
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
+        _note_provider()
+        return dyn.CheckResult(news, [])
+
+    def create(self, props: dict[str, Any]) -> dyn.CreateResult:
+        _note_provider()
+        return dyn.CreateResult(id_=f"{props['stack']}-router", outs=self._start(props))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
+        changed = [k for k in ("config", "endpoint") if olds.get(k) != news.get(k)]
+        if not running(_server_of(olds)):
+            changed.append("pid")
+        elif _on_disk(news) != news["config"]:
+            changed.append("config")
+        return dyn.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=True)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
+        _note_provider()
+        if olds.get("endpoint") != news["endpoint"] or not running(_server_of(olds)):
+            stop(_server_of(olds))
+            return dyn.UpdateResult(outs=self._start(news))
+        folder = Path(news["run_dir"])
+        router_process.apply_config(news["endpoint"], folder / router_process.CONFIG_FILE,
+                                    news["config"])
+        gone = [v for v, urls in (olds.get("config") or {}).get("replicas", {}).items()
+                if urls and not news["config"]["replicas"].get(v)]
+        router_process.drain(news["endpoint"], gone, news["config"]["read_timeout_s"])
+        return dyn.UpdateResult(outs={**news, "pid": olds.get("pid"),
+                                      "identity": olds.get("identity"), "log": olds.get("log")})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _note_provider()
+        stop(_server_of(props))
+        _stop_recorded(Path(props["run_dir"]))
+
+    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
+        if not (running(_server_of(props)) and router_process.health(props["endpoint"])):
+            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
+        return dyn.ReadResult(id_=id_, outs=props)
+
+    @staticmethod
+    def _start(props: dict[str, Any]) -> dict[str, Any]:
+        folder = Path(props["run_dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        _stop_recorded(folder)
+        port = port_of(props["endpoint"])
+        if port_taken(port):
+            raise RuntimeError(_taken_message("router", port))
+        proc = router_process.start(folder, port, props["config"])
+        ident = identity(proc.pid)
+        if ident is None:
+            raise RuntimeError(f"the router exited right after it started (log: {folder})")
+        _record(folder, ident)
+        return {**props, "pid": ident.pid, "identity": ident.to_json(),
+                "log": str(folder / "router.log")}
+
+
+def _on_disk(props: dict[str, Any]) -> Any:
+    """The router config file's content as a mapping, None when it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((Path(props["run_dir"]) / router_process.CONFIG_FILE).read_text())
+    return None
+
+
+class Router(dyn.Resource, module="qinfra", name="Router"):
+    pid: pulumi.Output[int]
+    endpoint: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RouterProvider(), name,
+                         {**props, "pid": None, "identity": None, "log": None}, opts)
+
+
 def _note_program() -> None:
     """Record the program and its language host with the Pulumi CLI above them as owner: a
     killed update leaves both behind, waiting on an engine that is gone."""
@@ -361,28 +442,31 @@ def _on_this_machine() -> bool:
 
 
 def deploy(deploy: DeployInput) -> Deployed:
+    """An engine per variant that takes traffic, then the router in front of them: it depends
+    on the engines, so a new engine is up before the router sends to it, and an engine a
+    rollback removes is deleted only after the router stopped sending to it and it drained."""
     spec = deploy.spec
     traffic = spec.rollout.traffic_percent()
     if _on_this_machine():
         _note_program()
-        check_ports(spec.name, {v.value: spec.serving.local_port(v)
-                                for v in Variant if traffic[v] > 0})
+        ports = {str(v): spec.serving.local_port(v) for v in Variant if traffic[v] > 0}
+        check_ports(spec.name, {"router": spec.serving.port, **ports})
     api_key = pulumi.Config("qinfra").get_secret("api_key")
     variants: dict[str, Any] = {}
+    servers: list[pulumi.Resource] = []
     for plan in deploy.plan.variants:
         variant = Variant(plan.name)
         uri = spec.variants.of(variant).artifact
         check = ArtifactCheck(f"{spec.name}-{variant}-artifact", uri)
         endpoint = None
         if traffic[variant] > 0:
-            url = f"http://127.0.0.1:{spec.serving.local_port(variant)}"
             server = LlamaServer(
                 f"{spec.name}-{variant}",
                 {
                     "stack": spec.name,
                     "variant": variant.value,
                     "artifact": uri,
-                    "endpoint": url,
+                    "endpoint": router_process.engine_url(spec, variant),
                     "server_sh": deploy.file(variant, "server.sh"),
                     "warmup_sh": deploy.file(variant, "warmup.sh"),
                     "run_dir": str(run_dir() / spec.name / variant),
@@ -390,7 +474,14 @@ def deploy(deploy: DeployInput) -> Deployed:
                 },
                 pulumi.ResourceOptions(depends_on=[check]),
             )
+            servers.append(server)
             endpoint = server.endpoint
         variants[variant.value] = variant_output(
             deploy, plan, weight_percent=traffic[variant], endpoint=endpoint)
-    return Deployed(variants=variants)
+    router = Router(f"{spec.name}-router", {
+        "stack": spec.name,
+        "endpoint": router_process.router_url(spec),
+        "config": router_process.config_props(spec),
+        "run_dir": str(run_dir() / spec.name / router_process.ROUTER_DIR),
+    }, pulumi.ResourceOptions(depends_on=servers))
+    return Deployed(variants=variants, endpoint=router.endpoint)

@@ -84,7 +84,9 @@ def parse_config(raw: Any, source: str = "router config") -> RouterConfig:
             )
     values: dict[str, Any] = {name: _field(source, name, raw[name]) for name in _FIELDS if name in raw}
     config = RouterConfig(replicas=_replicas(source, raw.get("replicas")), source=source, **values)
-    for variant, share in ((Variant.QUANTIZED, config.quantized_percent), (Variant.BASELINE, 100.0)):
+    shares = ((Variant.QUANTIZED, config.quantized_percent),
+              (Variant.BASELINE, 100.0 - config.quantized_percent))  # stage full: none to baseline
+    for variant, share in shares:
         if share > 0 and not config.replicas_of(variant):
             raise RouterConfigError(
                 f"{source}: replicas.{variant} is empty but the {variant} variant gets traffic. "

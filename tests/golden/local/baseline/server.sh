@@ -17,9 +17,9 @@ if [ -d "$model" ]; then
 fi
 exec "${LLAMA_SERVER:-llama-server}" \
   --model "$model" \
-  --alias qinfra-demo \
+  --alias smollm2-135m-instruct \
   --host 127.0.0.1 \
-  --port "${QINFRA_PORT:-8080}" \
+  --port "${QINFRA_PORT:-8081}" \
   --ctx-size 4096 \
   --parallel 4 \
   --no-kv-unified \

@@ -17,9 +17,9 @@ if [ -d "$model" ]; then
 fi
 exec "${LLAMA_SERVER:-llama-server}" \
   --model "$model" \
-  --alias qinfra-demo \
+  --alias smollm2-135m-instruct \
   --host 127.0.0.1 \
-  --port "${QINFRA_PORT:-8081}" \
+  --port "${QINFRA_PORT:-8082}" \
   --ctx-size 2048 \
   --parallel 2 \
   --no-kv-unified \

@@ -5,7 +5,7 @@
 #   warmup.sh         wait up to 61 s for /health, then warm up (systemd, local)
 #   warmup.sh --once  one attempt without waiting (a Kubernetes startupProbe repeats it)
 set -eu
-base="http://127.0.0.1:${QINFRA_PORT:-8081}"
+base="http://127.0.0.1:${QINFRA_PORT:-8082}"
 health() {
   curl -fsS --max-time 5 -o /dev/null "$base/health"
 }
@@ -21,7 +21,7 @@ else
     sleep 2
   done
 fi
-body='{"max_tokens":4,"messages":[{"content":"Say hello.","role":"user"}],"model":"qinfra-demo","temperature":0}'
+body='{"max_tokens":4,"messages":[{"content":"Say hello.","role":"user"}],"model":"smollm2-135m-instruct","temperature":0}'
 curl -fsS --max-time 60 -H 'Content-Type: application/json' \
   -d "$body" "$base/v1/chat/completions" | grep -q '"choices"'
 echo "qinfra: local/quantized is warm at $base"

@@ -1,0 +1,139 @@
+"""`qinfra gate`: measure how far the quantized variant drifts from its baseline, keep the report
+beside the artifact, and pin it in the stack file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from qinfra.cli.command import Command
+from qinfra.cli.output import echo_json
+from qinfra.core.formats import Format
+
+if TYPE_CHECKING:
+    from qinfra.core.spec import StackSpec
+    from qinfra.quality.gate import GateResult
+
+GATE_PIN = "qinfra:variants.quantized.gate"
+_QUANTIZED = [f.value for f in Format if f.value.startswith("gguf-") and f.value != "gguf-f16"]
+
+
+@click.command("gate", cls=Command)
+@click.option("--stack", metavar="NAME", help="Gate the pinned artifacts of stacks/Pulumi.<NAME>.yaml "
+              "and pin the report there.")
+@click.option("--baseline", metavar="PATH_OR_URI", help="Ad hoc: the 16-bit GGUF (a path or a "
+              "pinned file:// artifact URI).")
+@click.option("--quantized", metavar="PATH_OR_URI", help="Ad hoc: the quantized GGUF.")
+@click.option("--format", "fmt", type=click.Choice(_QUANTIZED), help="Ad hoc: the quantized "
+              "file's format (default: read from the GGUF).")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluation text (default: the shipped 10 KB text).")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Online method: prompts, one per line (default: the shipped set).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON.")
+@click.pass_context
+def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized: str | None,
+         fmt: str | None, text: Path | None, prompts: Path | None, as_json: bool) -> None:
+    """Quality gate: measure the quantized variant's drift from the baseline and judge it.
+
+    GGUF variants are measured offline: llama-perplexity's KL divergence over an evaluation
+    text (the baseline's logits are cached). Other formats are measured online: the same
+    prompts at temperature 0 to both running variants. The thresholds are the shipped table's,
+    overridden under qinfra:gate in the stack file.
+
+    With --stack, the report is stored beside the quantized artifact and pinned as
+    qinfra:variants.quantized.gate; `up` and `rollout` give the quantized variant traffic only
+    with a passing report for the pinned artifacts. Exits 0 on pass, 1 on fail, 2 on bad usage.
+    """
+    if stack and (baseline or quantized or fmt):
+        raise click.UsageError("give either --stack NAME or --baseline and --quantized, not both")
+    if not stack and not (baseline and quantized):
+        raise click.UsageError("give --stack NAME, or --baseline PATH_OR_URI --quantized PATH_OR_URI")
+    diff = ""
+    if stack:
+        result, diff = _gate_stack(stack, text, prompts)
+    else:
+        from qinfra.artifacts.fetch import cache_dir
+        from qinfra.quality.gate import run_gate
+
+        assert baseline is not None and quantized is not None
+        result = run_gate(baseline, quantized, store=None, cache=cache_dir(), text=text,
+                          formats=(None, Format(fmt) if fmt else None))
+    if as_json:
+        echo_json({**result.to_json(), "diff": diff})
+    else:
+        for line in describe(result):
+            click.echo(line)
+        if diff:
+            click.echo(diff.rstrip("\n"))
+    if result.report.verdict.value != "pass":
+        ctx.exit(1)
+
+
+def _gate_stack(stack: str, text: Path | None, prompts: Path | None) -> tuple[GateResult, str]:
+    from qinfra.artifacts.fetch import cache_dir
+    from qinfra.core.errors import SpecError
+    from qinfra.core.formats import format_info
+    from qinfra.core.spec import Variant, load_stack
+    from qinfra.deploy.stackfile import update_stack_file
+    from qinfra.quality.gate import run_gate
+
+    spec = load_stack(stack)
+    assert spec.path is not None
+    pins = {v: spec.variants.of(v).artifact for v in Variant}
+    unpinned = [v.value for v, uri in pins.items() if uri is None]
+    if unpinned:
+        raise SpecError(f"stack {stack} pins no artifact for {', '.join(unpinned)}; the gate "
+                        f"measures pinned artifacts. To fix: qinfra artifacts push --stack {stack}")
+    base_uri, quant_uri = str(pins[Variant.BASELINE]), str(pins[Variant.QUANTIZED])
+    store = quant_uri.rstrip("/").rpartition("/")[0]
+    overrides = _overrides(spec)
+    if all(format_info(spec.variants.of(v).format).is_gguf for v in Variant):
+        result = run_gate(base_uri, quant_uri, store=store, cache=cache_dir(spec.path),
+                          text=text, overrides=overrides,
+                          formats=(spec.variants.baseline.format, spec.variants.quantized.format))
+    else:
+        result = _gate_online(spec, store, prompts, overrides)
+    return result, update_stack_file(spec.path, {GATE_PIN: result.report_uri})
+
+
+def _overrides(spec: StackSpec) -> dict[str, Any]:
+    return spec.gate.thresholds()
+
+
+def _gate_online(spec: StackSpec, store: str, prompts: Path | None,
+                 overrides: dict[str, Any]) -> GateResult:
+    """The online method against the endpoints the deployed stack exports."""
+    from qinfra.core.errors import DeployError
+    from qinfra.core.spec import Variant
+    from qinfra.deploy.engine import Deployer
+    from qinfra.quality.gate import run_online_gate
+
+    variants = Deployer(spec.name).outputs().get("variants") or {}
+    endpoints = {v: (variants.get(v.value) or {}).get("endpoint") for v in Variant}
+    down = [v.value for v, ep in endpoints.items() if not ep]
+    if down:
+        raise DeployError(f"stack {spec.name} exports no endpoint for {', '.join(down)}; the "
+                          "online gate asks both running variants. To fix: qinfra up --stack "
+                          f"{spec.name} with both variants running (stage ab_test), then gate")
+    return run_online_gate(spec, {v: str(ep) for v, ep in endpoints.items()}, store=store,
+                           prompts=prompts, overrides=overrides)
+
+
+def describe(result: GateResult) -> list[str]:
+    """The human view: verdict and figures on one line, then each reason and the report URI."""
+    r = result.report
+    m = r.metrics
+    if r.method.value == "kld":
+        figures = (f"mean KLD {m['mean_kld']:.4f} ± {m['mean_kld_err']:.4f}, same top "
+                   f"{m['same_top_p']:.1%}, PPL ratio {m['ppl_ratio']:.3f}, RMS Δp {m['rms_dp']:.1%}")
+    else:
+        figures = (f"exact match {m['exact_match']:.0%}, common prefix {m['prefix_fraction']:.0%}, "
+                   f"similarity {m['similarity']:.0%} over {m['prompts']} prompts")
+    lines = [f"{r.verdict.value.upper()}: {r.quantized.format} vs {r.baseline.format} "
+             f"({r.method.value}): {figures}"]
+    lines += [f"  fails: {reason}" for reason in r.reasons]
+    lines.append(f"report: {result.report_uri}")
+    return lines

@@ -1,0 +1,74 @@
+"""Whether a stack may give its quantized variant traffic: a passing gate report, pinned, made
+for exactly the artifacts the stack pins. `qinfra up`/`rollout`, the Pulumi program and the
+policy pack all ask this one function, so they refuse with the same line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from qinfra.core.errors import ArtifactError
+from qinfra.core.spec import StackSpec, Variant
+
+SKIP_FLAG = "--skip-gate"
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """The gate's standing for one stack: `problem` is None when traffic may flow."""
+
+    quantized_percent: int
+    report_uri: str | None
+    verdict: str | None
+    problem: str | None
+    skipped: bool
+
+    @property
+    def refuses(self) -> bool:
+        return self.problem is not None and not self.skipped
+
+    def to_props(self) -> dict[str, Any]:
+        """What the program records for the policy pack (qinfra:quality:GateEvidence)."""
+        return {"quantized_percent": self.quantized_percent, "report_uri": self.report_uri,
+                "verdict": self.verdict, "problem": self.problem, "skipped": self.skipped}
+
+
+def _artifact_id(uri: str | None) -> str | None:
+    return uri.rstrip("/").rpartition("/")[2] if uri else None
+
+
+def check_gate(spec: StackSpec) -> GateCheck:
+    """Read the pinned report (if traffic would reach the quantized variant) and say what, if
+    anything, stands in the way, with the command that fixes it."""
+    from qinfra.quality.gate_report import read_report
+
+    percent = spec.rollout.traffic_percent()[Variant.QUANTIZED]
+    quantized = spec.variants.quantized
+    uri = quantized.gate
+    skipped = spec.gate.skip is not None and spec.gate.skip == quantized.artifact
+    fix = f"To fix: run `qinfra gate --stack {spec.name}`"
+    if percent == 0:
+        return GateCheck(percent, uri, None, None, skipped)
+    head = f"stack {spec.name} gives the quantized variant {percent}% of traffic, but"
+    if uri is None:
+        return GateCheck(percent, None, None, f"{head} pins no gate report "
+                         f"(qinfra:variants.quantized.gate). {fix}, or pass {SKIP_FLAG}", skipped)
+    try:
+        report = read_report(uri)
+    except ArtifactError as exc:
+        return GateCheck(percent, uri, None, f"{head} its gate report cannot be used: "
+                         f"{exc.message}", skipped)
+    pinned = {v: _artifact_id(spec.variants.of(v).artifact) for v in Variant}
+    made_for = {Variant.BASELINE: report.baseline.artifact_id,
+                Variant.QUANTIZED: report.quantized.artifact_id}
+    stale = [f"{v.value} {made_for[v]} (pinned: {pinned[v]})" for v in Variant
+             if made_for[v] != pinned[v]]
+    if stale:
+        return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} was "
+                         f"made for other artifacts: {'; '.join(stale)}. {fix} again", skipped)
+    if report.verdict.value != "pass":
+        why = "; ".join(report.reasons) or "verdict fail"
+        return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} "
+                         f"failed ({why}). To fix: build a better quantized artifact and gate it, "
+                         f"or lower the stage to baseline_only", skipped)
+    return GateCheck(percent, uri, report.verdict.value, None, skipped)
