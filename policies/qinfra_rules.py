@@ -5,6 +5,7 @@ each, saying what is wrong and how to fix it."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,14 @@ SSM_PARAMETER = "aws:ssm/parameter:Parameter"
 BLOCK_FLAGS = ("block_public_acls", "block_public_policy", "ignore_public_acls",
                "restrict_public_buckets")
 PUBLIC_ACLS = ("public-read", "public-read-write", "authenticated-read")
+# A name that says it holds a secret (an SSM parameter's last path segment)
+_SECRET_NAME = re.compile(r"(?i)(secret|password|passphrase|token|api.?key|private.?key)")
+
+
+def _prop(props: Mapping[str, Any], name: str) -> Any:
+    """A property by its SDK (snake_case) name or as the engine hands it to a pack (camelCase)."""
+    head, *rest = name.split("_")
+    return props.get(name, props.get(head + "".join(w.title() for w in rest)))
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,14 @@ def quality_gate(kind: str, props: Mapping[str, Any]) -> list[str]:
 
 
 def no_plaintext_secrets(kind: str, props: Mapping[str, Any]) -> list[str]:
-    """Config that names a secret holds it encrypted; SSM parameters holding keys are SecureString."""
+    """Config that names a secret holds it encrypted; SSM parameters named for one are SecureString."""
     found = []
     if kind == EVIDENCE:
         for key in props.get("plaintext_secret_keys") or []:
             found.append(f"config key {key} holds a secret in plain text. To fix: "
                          f"pulumi config set --secret {key} <value>")
-    if kind == SSM_PARAMETER and props.get("type") not in (None, "SecureString"):
+    named_secret = _SECRET_NAME.search(str(props.get("name", "")).rpartition("/")[2])
+    if kind == SSM_PARAMETER and named_secret and props.get("type") not in (None, "SecureString"):
         found.append(f"SSM parameter {props.get('name')} is {props.get('type')}, not SecureString. "
                      "To fix: store secrets as SecureString")
     return found
@@ -71,7 +81,7 @@ def no_plaintext_secrets(kind: str, props: Mapping[str, Any]) -> list[str]:
 def bucket_not_public(kind: str, props: Mapping[str, Any]) -> list[str]:
     """Every public access block blocks everything; no bucket ACL grants public reads."""
     if kind == PUBLIC_ACCESS_BLOCK:
-        off = [flag for flag in BLOCK_FLAGS if props.get(flag) is not True]
+        off = [flag for flag in BLOCK_FLAGS if _prop(props, flag) is not True]
         if off:
             return [f"bucket public access block leaves {', '.join(off)} off. To fix: set all "
                     f"four ({', '.join(BLOCK_FLAGS)}) to true"]

@@ -61,6 +61,15 @@ if ! command -v cloud-init >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
 fi
 
+# Prometheus scrapes the local router for `qinfra rollout --auto`'s analysis; only the binary is
+# used (the local target starts its own server; the Debian service is left alone).
+if ! command -v prometheus >/dev/null; then
+  echo "==> installing prometheus (Debian package) for the rollout analysis"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # The Pulumi CLI, its Python language host and the dynamic-provider launcher.
 bash scripts/install-pulumi.sh
 

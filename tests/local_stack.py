@@ -1,7 +1,9 @@
 """The shipped local stack turned back onto the built-in tiny demo model, for tests that need a
 whole local deployment fast (the real SmolLM2 stack is for the few tests that need its answers).
 
-Only the model and the pins change: ports, router, fleet and rollout stay as shipped.
+Only the model and the pins change: ports, router, fleet and rollout stay as shipped. The tiny
+random model would fail a quality gate, so these stacks record a skip of it (qinfra:gate.skip,
+as `--skip-gate` writes it), except where a test proves the gate's enforcement.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ DEMO_PINS = {
 }
 
 
-def local_stack(port: int, store: str, demo: bool = True) -> str:
+def local_stack(port: int, store: str, demo: bool = True, skip_gate: bool = True) -> str:
     """The local stack's text with the router on `port` (engines on port + 1, + 2), artifacts
-    in `store` (file://...), and with `demo` the demo model instead of SmolLM2."""
+    in `store` (file://...), with `demo` the demo model instead of SmolLM2, and with
+    `skip_gate` the quantized artifact let through the quality gate (recorded)."""
     yaml = YAML()
     doc = yaml.load(SHIPPED.read_text())
     config = doc["config"]
@@ -36,6 +39,10 @@ def local_stack(port: int, store: str, demo: bool = True) -> str:
     if demo:
         config["qinfra:model"]["id"] = "qinfra-demo"
         config["qinfra:model"]["served_name"] = "qinfra-demo"
+    if skip_gate:
+        # by content id alone (the URI would repeat the store in the text)
+        config["qinfra:gate"] = {"skip": config["qinfra:variants"]["quantized"]["artifact"]
+                                 .rstrip("/").rpartition("/")[2]}
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue()

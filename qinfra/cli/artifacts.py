@@ -74,15 +74,22 @@ def push(
 
         spec = load_stack(stack)
         assert spec.path is not None  # load_stack always records where it read the spec
+        from qinfra.artifacts import router_wheels
+
         with progress_bars(quiet=as_json) as progress:
             results = art.push_stack(spec, progress=progress)
-        diff = update_stack_file(spec.path, art.pins(results))
+            router = (router_wheels.push_router(spec, progress=progress)
+                      if router_wheels.wanted(spec) else None)
+        diff = update_stack_file(spec.path, {**art.pins(results), **router_wheels.pins(router)})
         if as_json:
             variants = {name: r.to_json() for name, r in results.items()}
-            echo_json({"stack": stack, "variants": variants, "diff": diff})
+            echo_json({"stack": stack, "variants": variants, "diff": diff,
+                       **({"router": router.to_json()} if router else {})})
             return
         for name, result in results.items():
             click.echo(_summary(name, result))
+        if router:
+            click.echo(_summary("router", router))
         click.echo(diff.rstrip("\n") if diff else f"{spec.path} already pins these artifacts")
         return
     from qinfra.artifacts.fetch import project_hash_cache

@@ -53,7 +53,7 @@ def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized:
         raise click.UsageError("give --stack NAME, or --baseline PATH_OR_URI --quantized PATH_OR_URI")
     diff = ""
     if stack:
-        result, diff = _gate_stack(stack, text, prompts)
+        result, diff = _gate_stack(stack, text, prompts, quiet=as_json)
     else:
         from qinfra.artifacts.fetch import cache_dir
         from qinfra.quality.gate import run_gate
@@ -72,15 +72,18 @@ def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized:
         ctx.exit(1)
 
 
-def _gate_stack(stack: str, text: Path | None, prompts: Path | None) -> tuple[GateResult, str]:
+def _gate_stack(stack: str, text: Path | None, prompts: Path | None,
+                quiet: bool = False) -> tuple[GateResult, str]:
     from qinfra.artifacts.fetch import cache_dir
+    from qinfra.cli.stack import _ensure_artifacts
     from qinfra.core.errors import SpecError
     from qinfra.core.formats import format_info
     from qinfra.core.spec import Variant, load_stack
     from qinfra.deploy.stackfile import update_stack_file
     from qinfra.quality.gate import run_gate
 
-    spec = load_stack(stack)
+    # what the gate measures must be in the store: push and pin it as `up` does
+    spec = _ensure_artifacts(load_stack(stack), quiet=quiet)
     assert spec.path is not None
     pins = {v: spec.variants.of(v).artifact for v in Variant}
     unpinned = [v.value for v, uri in pins.items() if uri is None]

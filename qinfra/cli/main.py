@@ -30,6 +30,8 @@ _STACK = "qinfra.cli.stack"
 # Every command, imported when named. A summary is the first paragraph of the command's help, as
 # `qinfra --help` shortens it; tests/test_cli_startup.py fails when one drifts from its command.
 COMMANDS: dict[str, LazyCommand] = {
+    "analysis": LazyCommand("qinfra.cli.analysis", "analysis", "The analysis windows of "
+                            "`rollout --auto`, oldest first, with each check's verdict."),
     "artifacts": LazyCommand("qinfra.cli.artifacts", "artifacts",
                              "Push, verify and list the weight artifacts a stack deploys."),
     "bench": LazyCommand("qinfra.cli.bench", "bench", "Latency and throughput of a stack or any "
@@ -53,7 +55,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "rollout": LazyCommand(_STACK, "rollout", "Move the quantized variant's traffic share: rewrite "
                                               "the stack file, preview, apply."),
     "status": LazyCommand(_STACK, "status", "The stack's outputs: stage, and per variant its "
-                                            "traffic, replicas and endpoint."),
+                                            "traffic, replicas and endpoint; on target local "
+                                            "also each engine's memory, planned against what "
+                                            "it allocated."),
     "up": LazyCommand(_STACK, "up", "Push and pin missing artifacts, preview, apply, wait until "
                                     "every server is healthy."),
 }

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from qinfra.cli.command import Command
+from qinfra.cli.gate_guard import edit_with_gate, gate_updates, skip_gate_option
 from qinfra.cli.output import echo_json
 from qinfra.core.errors import DeployError
 
@@ -159,19 +160,22 @@ def _ensure_artifacts(spec: Any, quiet: bool) -> Any:
     """Push and pin what the stack file does not pin; push a pinned artifact the store lacks
     only when its source makes exactly that pin (else ArtifactError: never re-pinned here)."""
     from qinfra.artifacts import push as art
+    from qinfra.artifacts import router_wheels
     from qinfra.core.spec import load_stack
     from qinfra.deploy.stackfile import update_stack_file
 
     state = art.pin_state(spec)
-    if not state.to_push:
+    router = router_wheels.wanted(spec)  # pinned to the qinfra running now, every time
+    if not state.to_push and not router:
         return spec
     from qinfra.cli.artifacts import progress_bars
 
     with progress_bars(quiet=quiet) as progress:
         results = art.push_stack(
             spec, progress=progress, only=state.to_push, restore=state.not_held
-        )
-    diff = update_stack_file(spec.path, art.pins(results))
+        ) if state.to_push else {}
+        wheels = router_wheels.push_router(spec, progress=progress) if router else None
+    diff = update_stack_file(spec.path, {**art.pins(results), **router_wheels.pins(wheels)})
     if diff and not quiet:
         click.echo(diff.rstrip("\n"), err=True)
     return load_stack(spec.name)
@@ -306,6 +310,8 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
 
     spec = _load(stack)
     deployer = Deployer(stack, backend=spec.backend)
+    if deployer.policy_packs() is None:  # else the pack denies it; the engine only logs it
+        gate_updates(spec, skip=False, refuse=False)
     with deployer.transient():  # a stack never deployed is previewed, and not left behind
         report = _preview_with_deployed(deployer, spec)
     _print_report(report, as_json, markdown)
@@ -315,10 +321,12 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
 @_stack_option
 @_yes_option
 @_json_option
-def up(stack: str, yes: bool, as_json: bool) -> None:
+@skip_gate_option
+def up(stack: str, yes: bool, as_json: bool, skip_gate: bool) -> None:
     """Push and pin missing artifacts, preview, apply, wait until every server is healthy.
 
-    Fails at once, before pushing or previewing, while another update holds the stack's lock.
+    Fails at once, before pushing or previewing, while another update holds the stack's lock;
+    after pinning, before the engine, while the quality gate refuses the quantized share.
     """
     from qinfra.deploy.bootstrap import create_store, store_pass_needed
     from qinfra.deploy.engine import Deployer
@@ -331,22 +339,24 @@ def up(stack: str, yes: bool, as_json: bool) -> None:
             click.echo(f"creating {spec.artifacts.store.split('/')[2]} for the artifacts first",
                        err=True)
         create_store(spec)
-    _apply(_ensure_artifacts(spec, quiet=as_json), yes, as_json,
-           ask=spec.target.value == "local")
+    spec = _ensure_artifacts(spec, quiet=as_json)
+    with _until_consent(spec.path) as consent:  # a recorded --skip-gate stays only if applied
+        if (diff := edit_with_gate(spec.path, stack, {}, skip_gate)) and not as_json:
+            click.echo(diff.rstrip("\n"), err=True)
+        _apply(_load(stack), yes, as_json, consent, ask=spec.target.value == "local")
 
 
 def _edit_and_apply(stack: str, updates: dict[str, object], yes: bool, no_apply: bool,
-                    as_json: bool) -> None:
+                    as_json: bool, skip_gate: bool = False) -> None:
     """Rewrite the stack file, then preview and apply it; without consent (no terminal, a
     "no", a failure before the question) the file ends byte for byte as it began."""
     from qinfra.core.spec import load_stack
-    from qinfra.deploy.stackfile import update_stack_file
 
     spec = _load(stack)
     if not no_apply:
         _require_terminal(yes, f"; {spec.path} was not changed")
     with _until_consent(spec.path, restored=lambda: _tell_router(stack)) as consent:
-        diff = update_stack_file(spec.path, updates)
+        diff = edit_with_gate(spec.path, stack, updates, skip_gate, refuse=not no_apply)
         if yes and not no_apply:
             _tell_router(stack)  # agreed already: the router takes the weights before the engine runs
         if not as_json:
@@ -381,37 +391,52 @@ def rollback(stack: str, yes: bool, no_apply: bool, as_json: bool) -> None:
 
 @click.command(cls=Command)
 @_stack_option
-@click.option("--percent", type=click.IntRange(0, 100), required=True,
+@click.option("--percent", type=click.IntRange(0, 100), default=None,
               help="Quantized traffic share: 0 baseline_only, 1-99 ab_test/gradual, 100 full.")
 @click.option("--stage", type=click.Choice(["ab_test", "gradual"]), default=None,
               help="Stage for 1-99% [default: the current one, else ab_test].")
 @_yes_option
 @click.option("--no-apply", is_flag=True, help="Only rewrite the stack file (for a pull request).")
 @_json_option
-def rollout(stack: str, percent: int, stage: str | None, yes: bool, no_apply: bool,
-            as_json: bool) -> None:
+@skip_gate_option
+@click.option("--auto", is_flag=True, help="Walk qinfra:rollout.steps judged by qinfra:analysis: "
+              "exit 0 promoted to full, 1 rolled back, 3 held (inconclusive).")
+@click.option("--commit", is_flag=True, help="With --auto: commit each stack-file change to Git.")
+def rollout(stack: str, percent: int | None, stage: str | None, yes: bool, no_apply: bool,
+            as_json: bool, skip_gate: bool, auto: bool, commit: bool) -> None:
     """Move the quantized variant's traffic share: rewrite the stack file, preview, apply."""
     from qinfra.core.spec import Stage, load_stack
     from qinfra.deploy.rollout import rollout as rollout_edit
 
+    if auto or percent is None:  # the automatic, metric-gated walk (qinfra/cli/auto_rollout.py)
+        if not auto or percent is not None or no_apply or stage:
+            raise click.UsageError("give --percent, or --auto (without --percent, --stage, "
+                                   "--no-apply)")
+        from qinfra.cli.auto_rollout import run_auto
+
+        click.get_current_context().exit(run_auto(stack, commit, as_json, skip_gate))
+
     edit = rollout_edit(load_stack(stack), percent, Stage(stage) if stage else None)
-    _edit_and_apply(stack, edit.updates(), yes, no_apply, as_json)
+    _edit_and_apply(stack, edit.updates(), yes, no_apply, as_json, skip_gate)
 
 
 @click.command(cls=Command)
 @_stack_option
 @_json_option
 def status(stack: str, as_json: bool) -> None:
-    """The stack's outputs: stage, and per variant its traffic, replicas and endpoint."""
+    """The stack's outputs: stage, and per variant its traffic, replicas and endpoint; on
+    target local also each engine's memory, planned against what it allocated."""
+    from qinfra.cli.allocation import allocation, print_allocation
     from qinfra.deploy.engine import Deployer
 
     spec = _load(stack)
     outputs = Deployer(stack, backend=spec.backend).outputs()
     health = _health(outputs)
     front = _health({"variants": {"endpoint": {"endpoint": outputs.get("endpoint")}}})
+    memory = allocation(spec, outputs)
     if as_json:
         echo_json({"stack": stack, "outputs": outputs, "health": health,
-                   "endpoint_health": front.get("endpoint")})
+                   "endpoint_health": front.get("endpoint"), "allocation": memory})
     elif not outputs:
         click.echo(f"stack {stack} has nothing deployed; run `qinfra up --stack {stack}`")
     else:
@@ -419,6 +444,7 @@ def status(stack: str, as_json: bool) -> None:
         for name, state in {**front, **health}.items():
             colour = "green" if state == "ok" else "red"
             _console().print(f"{name}: [{colour}]{state}[/]")
+        print_allocation(_console(), stack, memory)
 
 
 def _health(outputs: dict[str, Any]) -> dict[str, str]:
@@ -454,6 +480,9 @@ def history(stack: str, limit: int, page: int, as_json: bool) -> None:
 
     spec = _load(stack)
     every = entries(stack, Deployer(stack, backend=spec.backend).history())
+    from qinfra.quality.analysis_audit import applied_updates, audit_dir, link
+
+    every = link(every, applied_updates(audit_dir(spec.root or Path.cwd(), stack)))  # rollout --auto
     shown = paged(every, limit, page)
     if as_json:
         echo_json(shown.rows)
@@ -462,13 +491,15 @@ def history(stack: str, limit: int, page: int, as_json: bool) -> None:
 
     table = Table(title=f"{stack}: history", title_justify="left", caption=shown.describe(),
                   caption_justify="left")
-    for col in ("version", "kind", "result", "started", "stage", "traffic", "artifacts"):
+    for col in ("version", "kind", "result", "started", "stage", "traffic", "artifacts", "gate"):
         table.add_column(col, overflow="fold")
     for row in shown.rows:
         w = row["traffic_percent"] or {}
-        table.add_row(str(row["version"]), row["kind"], row["result"], row["start_time"],
+        kind = row["kind"] + (f"\nanalysis {row['analysis_id']}" if row["analysis_id"] else "")
+        table.add_row(str(row["version"]), kind, row["result"], row["start_time"],
                       str(row["stage"]), " / ".join(f"{k} {v}%" for k, v in w.items()),
-                      "\n".join(f"{k}: {v}" for k, v in (row["artifacts"] or {}).items()))
+                      "\n".join(f"{k}: {v}" for k, v in (row["artifacts"] or {}).items()),
+                      "skipped" if row["gate_skipped"] else "")
     _console().print(table)
 
 

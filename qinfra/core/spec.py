@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from qinfra.core import spec_problems
+from qinfra.core.analysis_spec import DEFAULT_STEPS, AnalysisSpec, valid_steps
 from qinfra.core.artifact_uri import parse_artifact_uri, parse_store_uri
 from qinfra.core.errors import SpecError, suggest
 from qinfra.core.formats import (
@@ -186,7 +187,8 @@ class ServingSpec(_Model):
                                                "default by GPU class as vLLM does.")
     port: Whole = Field(8000, ge=1, le=MAX_PORT, description="Port the engine listens on "
                         "(target local: the router, the stack's front door; the baseline "
-                        "engine takes port + 1 and the quantized one port + 2).")
+                        "engine takes port + 1, the quantized one port + 2 and, when "
+                        "qinfra:analysis asks for one, Prometheus port + 3).")
 
     def local_port(self, variant: Variant) -> int:
         """Where a variant's engine listens when all share one host (target local): behind the
@@ -230,6 +232,14 @@ class RolloutSpec(_Model):
     quantized_percent: Annotated[Whole, Field(ge=0, le=100)] = Field(
         description="Share of traffic sent to the quantized variant."
     )
+    steps: list[Annotated[Whole, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: list(DEFAULT_STEPS),
+        description="Quantized traffic percentages `qinfra rollout --auto` walks, ending at 100.")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, v: list[int]) -> list[int]:
+        return valid_steps(v)
 
     def traffic_percent(self) -> dict[Variant, int]:
         """Each variant's share of live traffic at this stage (see `traffic_percent`)."""
@@ -381,6 +391,9 @@ class StackSpec(_Model):
                            "(overriding the shipped table) and a recorded --skip-gate.")
     router: RouterSpec = Field(default_factory=RouterSpec, description="The traffic router "
                                "(target local): sticky key, salt, shadow share, bounds.")
+    analysis: AnalysisSpec | None = Field(None, description="How `qinfra rollout --auto` judges "
+                                          "each step from Prometheus; target local also runs "
+                                          "a Prometheus for it.")
     backend: str | None = Field(None, description="Pulumi state backend of this stack: "
                                 "s3://bucket/prefix (shared state and locks for a team) or "
                                 "file:///abs/path; default .qinfra/state; PULUMI_BACKEND_URL wins.")
@@ -398,8 +411,26 @@ class StackSpec(_Model):
         """Every port the target listens on from the stack file alone: on target local the
         router and both variants' engines share one host, side by side (`ServingSpec.local_port`)."""
         if self.target is Target.LOCAL:
-            return range(self.serving.port, self.serving.port + 1 + len(Variant))
+            prometheus = 1 if self.local_prometheus() else 0
+            return range(self.serving.port, self.serving.port + 1 + len(Variant) + prometheus)
         return range(self.serving.port, self.serving.port + 1)
+
+    def local_prometheus(self) -> bool:
+        """Target local runs its own Prometheus (after the engines' ports) when the analysis
+        asks for metrics and names no server of its own."""
+        return (self.target is Target.LOCAL and self.analysis is not None
+                and self.analysis.prometheus_url is None)
+
+    def prometheus_url(self) -> str | None:
+        """Where the analysis reads the router's metrics: the configured server, else the local
+        target's own on the port after the engines."""
+        if self.analysis is None:
+            return None
+        if self.analysis.prometheus_url is not None:
+            return self.analysis.prometheus_url
+        if self.local_prometheus():
+            return f"http://127.0.0.1:{self.serving.port + 1 + len(Variant)}"
+        return None
 
     def local_source(self, source: str) -> str:
         """`source` (model.id or a variant's source) with a relative local path made absolute
@@ -556,6 +587,7 @@ def _config_value(text: str) -> Any:
 
 
 __all__ = [
+    "AnalysisSpec",
     "ArtifactsSpec",
     "Encrypted",
     "FleetSpec",

@@ -14,14 +14,16 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from qinfra.core.errors import DeployError, NeverDeployedError
+from qinfra.deploy.history import SECRET, HistoryEntry, history_entries
+from qinfra.deploy.history import UpdateKind as UpdateKind  # re-exported: engine's result types
+from qinfra.deploy.history import UpdateResult as UpdateResult
 from qinfra.deploy.processes import alive
 from qinfra.deploy.project import (
     BACKEND_ENV,
@@ -61,51 +63,6 @@ class Outcome:
     outputs_before: Mapping[str, Any] | None = None
 
 
-class UpdateKind(StrEnum):
-    """What a history entry did (Pulumi's apitype.UpdateKind); OTHER for kinds newer than this list."""
-
-    UPDATE = "update"
-    PREVIEW = "preview"
-    REFRESH = "refresh"
-    RENAME = "rename"
-    DESTROY = "destroy"
-    IMPORT = "import"
-    RESOURCE_IMPORT = "resource-import"
-    OTHER = "other"
-
-    @classmethod
-    def _missing_(cls, value: object) -> UpdateKind:
-        return cls.OTHER
-
-
-class UpdateResult(StrEnum):
-    """How a history entry ended (Pulumi's apitype.UpdateResult); OTHER for newer results."""
-
-    NOT_STARTED = "not-started"
-    IN_PROGRESS = "in-progress"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    OTHER = "other"
-
-    @classmethod
-    def _missing_(cls, value: object) -> UpdateResult:
-        return cls.OTHER
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One recorded operation of a stack; secret config values read `[secret]`."""
-
-    version: int
-    kind: UpdateKind
-    result: UpdateResult
-    start_time: str
-    end_time: str | None
-    config: Mapping[str, Any]
-    resource_changes: Mapping[str, int]
-
-
-SECRET = "[secret]"  # what the Pulumi CLI shows in place of a secret value
 
 
 # Engine output -> what to tell the user. First match wins; {0} is the matched text.
@@ -122,7 +79,11 @@ _FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
      "a provider plugin is missing: {0}. It is installed by `pulumi plugin install` where the "
      "plugin registry is reachable"),
     (re.compile(r"NoFitError: [^\n]*|does not fit its fleet[^\n]*"), "{0}"),
-    (re.compile(r"(SpecError|RenderError|ModelInfoError): [^\n]*"), "{0}"),
+    (re.compile(r"(SpecError|RenderError|ModelInfoError|DeployError): [^\n]*"), "{0}"),
+    # a mandatory policy of the pack (policies/): `[mandatory]  <rule>  (<resource>)`, the rule's
+    # description on the same line (a preview's diff) or the next (an update), then the violation
+    (re.compile(r"\[mandatory\]\s+(\S+)\s+\([^)\n]*\)(?:[^\n]+|\n[^\n]*)\n\s*([^\n]+)"),
+     "policy {1} denied it: {2}"),
 )
 
 
@@ -144,8 +105,8 @@ def classify(text: str, log: Path | None, state: Path | None = None) -> DeployEr
     for pattern, message in _FAILURES:
         match = pattern.search(text)
         if match:
-            return DeployError(message.format(match.group(0).strip(), state=_restore(state))
-                               + where)
+            return DeployError(message.format(match.group(0).strip(), *match.groups(),
+                                              state=_restore(state)) + where)
     if _TRACEBACK.search(text) and (cause := _provider_cause(text)):
         return DeployError(cause + where)
     kept = [line for line in text.strip().splitlines() if not _TRACEBACK.match(line)]
@@ -427,17 +388,25 @@ class Deployer:
         """What `up` would change, with per-property diffs (the stack is created if missing:
         wrap the call in `transient()` to leave no trace)."""
         stack = self.stack()
-        result, changes, log = self._run("preview", stack.preview, on_event, diff=True)
+        result, changes, log = self._run("preview", stack.preview, on_event, diff=True,
+                                         policy_packs=self.policy_packs())
         return Outcome(changes=changes, summary=dict(result.change_summary or {}), log=log,
                        outputs_before=self._outputs_before)
 
     def up(self, on_event: Callable[[Any], None] | None = None, refresh: bool = True) -> Outcome:
         """Apply. `refresh` first reconciles state with reality (a server that died)."""
         stack = self.stack()
-        result, changes, log = self._run("up", stack.up, on_event, refresh=refresh)
+        result, changes, log = self._run("up", stack.up, on_event, refresh=refresh,
+                                         policy_packs=self.policy_packs())
         outputs = {k: v.value for k, v in result.outputs.items()}
         summary = dict(result.summary.resource_changes or {})
         return Outcome(changes=changes, summary=summary, outputs=outputs, log=log)
+
+    def policy_packs(self) -> list[str] | None:
+        """The project's pack (policies/), which `pulumi preview --policy-pack policies` runs
+        too: the same rules whichever door a change comes through. None: the project has none."""
+        pack = self.project.root / "policies"
+        return [str(pack)] if (pack / "PulumiPolicy.yaml").is_file() else None
 
     def destroy(self, on_event: Callable[[Any], None] | None = None) -> Outcome:
         """Delete every resource of the stack (resources marked retain_on_delete stay);
@@ -469,27 +438,6 @@ class Deployer:
             log = self._log_path(op)
             log.write_text(str(exc))
             raise classify(str(exc), log, self.state_file()) from None
-
-
-def history_entries(summaries: Sequence[Any]) -> list[HistoryEntry]:
-    """Pulumi's update summaries (newest first) as qinfra's entries.
-
-    The file and s3 backends record no update number (Pulumi's diy backend writes 0), so an entry
-    without one is numbered by its place in the whole history, the oldest 1, as the Pulumi Cloud
-    numbers them.
-    """
-    return [
-        HistoryEntry(
-            version=h.version or len(summaries) - i,
-            kind=UpdateKind(str(h.kind)),
-            result=UpdateResult(str(h.result)),
-            start_time=h.start_time.isoformat() if h.start_time else "",
-            end_time=h.end_time.isoformat() if h.end_time else None,
-            config={k: SECRET if v.secret else v.value for k, v in (h.config or {}).items()},
-            resource_changes=dict(h.resource_changes or {}),
-        )
-        for i, h in enumerate(summaries)
-    ]
 
 
 def _change(meta: Any) -> Change:

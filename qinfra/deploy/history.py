@@ -1,15 +1,84 @@
-"""A stack's update history as rows: per update its number, stage, traffic shares and artifact
-URIs, read from the config the engine recorded with the update."""
+"""A stack's update history: the engine's records as qinfra's types, and as rows per update with
+its number, stage, traffic shares, artifact URIs and whether the quality gate was skipped, read
+from the config the engine recorded with the update."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from qinfra.core.spec import Stage, traffic_percent
-from qinfra.deploy.engine import HistoryEntry
+from qinfra.core.spec import Stage, Variant, traffic_percent
+
+
+class UpdateKind(StrEnum):
+    """What a history entry did (Pulumi's apitype.UpdateKind); OTHER for kinds newer than this list."""
+
+    UPDATE = "update"
+    PREVIEW = "preview"
+    REFRESH = "refresh"
+    RENAME = "rename"
+    DESTROY = "destroy"
+    IMPORT = "import"
+    RESOURCE_IMPORT = "resource-import"
+    OTHER = "other"
+
+    @classmethod
+    def _missing_(cls, value: object) -> UpdateKind:
+        return cls.OTHER
+
+
+class UpdateResult(StrEnum):
+    """How a history entry ended (Pulumi's apitype.UpdateResult); OTHER for newer results."""
+
+    NOT_STARTED = "not-started"
+    IN_PROGRESS = "in-progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OTHER = "other"
+
+    @classmethod
+    def _missing_(cls, value: object) -> UpdateResult:
+        return cls.OTHER
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One recorded operation of a stack; secret config values read `[secret]`."""
+
+    version: int
+    kind: UpdateKind
+    result: UpdateResult
+    start_time: str
+    end_time: str | None
+    config: Mapping[str, Any]
+    resource_changes: Mapping[str, int]
+
+
+SECRET = "[secret]"  # what the Pulumi CLI shows in place of a secret value
+
+
+def history_entries(summaries: Sequence[Any]) -> list[HistoryEntry]:
+    """Pulumi's update summaries (newest first) as qinfra's entries.
+
+    The file and s3 backends record no update number (Pulumi's diy backend writes 0), so an entry
+    without one is numbered by its place in the whole history, the oldest 1, as the Pulumi Cloud
+    numbers them.
+    """
+    return [
+        HistoryEntry(
+            version=h.version or len(summaries) - i,
+            kind=UpdateKind(str(h.kind)),
+            result=UpdateResult(str(h.result)),
+            start_time=h.start_time.isoformat() if h.start_time else "",
+            end_time=h.end_time.isoformat() if h.end_time else None,
+            config={k: SECRET if v.secret else v.value for k, v in (h.config or {}).items()},
+            resource_changes=dict(h.resource_changes or {}),
+        )
+        for i, h in enumerate(summaries)
+    ]
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -33,6 +102,16 @@ def _traffic(rollout: dict[str, Any]) -> dict[str, int] | None:
     return {v.value: share for v, share in traffic_percent(Stage(stage), percent).items()}
 
 
+def _gate_skipped(gate: dict[str, Any], variants: dict[str, Any]) -> str | None:
+    """The quantized artifact URI the update let take traffic without a passing gate report
+    (`--skip-gate` wrote it under qinfra:gate.skip); None when no skip applied to it."""
+    skip = gate.get("skip")
+    quantized = (variants.get(Variant.QUANTIZED.value) or {}).get("artifact")
+    same = skip and quantized and str(skip).rstrip("/").rpartition("/")[2] == str(
+        quantized).rstrip("/").rpartition("/")[2]  # by content id, as the gate compares them
+    return str(skip) if same else None
+
+
 def entries(stack: str, history: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
     """One JSON-ready row per recorded operation, in the engine's order (newest first)."""
     rows = []
@@ -50,6 +129,7 @@ def entries(stack: str, history: Iterable[HistoryEntry]) -> list[dict[str, Any]]
             "quantized_percent": rollout.get("quantized_percent"),
             "traffic_percent": _traffic(rollout),
             "artifacts": {name: (v or {}).get("artifact") for name, v in variants.items()},
+            "gate_skipped": _gate_skipped(_object(h.config.get("qinfra:gate")), variants),
             "resource_changes": dict(h.resource_changes),
         })
     return rows

@@ -7,17 +7,23 @@ input from stack config and the model's config.json, and never uploads or downlo
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pulumi
 
-from qinfra.core.errors import NoFitError
+from qinfra.core.errors import DeployError, NoFitError
 from qinfra.core.spec import StackSpec, parse_program_config
 from qinfra.deploy.bootstrap import STORE_PASS_ENV
 from qinfra.deploy.preview import PLAN_OUTPUT, plan_record
 from qinfra.deploy.targets import TARGETS, DeployInput
 from qinfra.planning.stack import plan_for
+from qinfra.quality.gate_check import check_gate
 from qinfra.serving.render import render_stack
+
+EVIDENCE = "qinfra:quality:GateEvidence"  # what policies/qinfra_rules.py reads
+# Config keys (their last segment) that hold a secret: qinfra's own, and the usual provider ones.
+_SECRET_NAME = re.compile(r"(?i)(secret|password|passphrase|token|api_?key|private_?key)")
 
 
 def main() -> None:
@@ -27,6 +33,7 @@ def main() -> None:
 
         store_pass(spec)
         return
+    gate_evidence(spec)
     plan = plan_for(spec)
     if not plan.fits:
         missing = [f"{v.name}: {'; '.join(v.refused[:3])}" for v in plan.variants if v.chosen is None]
@@ -38,6 +45,37 @@ def main() -> None:
     pulumi.export(PLAN_OUTPUT, plan_record(plan))  # what `qinfra preview` compares against
     if deployed.endpoint is not None:
         pulumi.export("endpoint", deployed.endpoint)
+
+
+class GateEvidence(pulumi.ComponentResource):
+    """The gate's standing and the config's plain-text secrets as a resource, so the policy
+    pack (policies/) judges them with every preview and update; it creates nothing."""
+
+    def __init__(self, props: dict[str, object]) -> None:
+        super().__init__(EVIDENCE, "gate", props)
+        self.register_outputs({})
+
+
+def gate_evidence(spec: StackSpec) -> None:
+    """Register the evidence; refuse quantized traffic the gate does not allow: a preview logs
+    the problem as an error (the diff still shows), an update stops before any resource."""
+    check = check_gate(spec)
+    GateEvidence({"gate": check.to_props(), "artifact_store": spec.artifacts.store,
+                  "plaintext_secret_keys": plaintext_secret_keys()})
+    if check.refuses and pulumi.runtime.is_dry_run():
+        pulumi.log.error(str(check.problem))  # synchronous: with a resource it may be lost
+    elif check.refuses:
+        raise DeployError(str(check.problem))
+
+
+def plaintext_secret_keys() -> list[str]:
+    """Config keys named like a secret (api_key, secretKey, token, password...) whose value
+    Pulumi holds in plain text."""
+    from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
+
+    keys = sorted({*get_config_env(), *CONFIG.get()})
+    return [key for key in keys
+            if _SECRET_NAME.search(key.rpartition(":")[2]) and not is_config_secret(key)]
 
 
 def stack_spec(stack: str) -> StackSpec:

@@ -11,6 +11,7 @@ from qinfra.core.errors import ArtifactError
 from qinfra.core.spec import StackSpec, Variant
 
 SKIP_FLAG = "--skip-gate"
+SKIP_KEY = "qinfra:gate.skip"  # the stack-file key --skip-gate writes (GateSpec.skip)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,14 @@ class GateCheck:
     @property
     def refuses(self) -> bool:
         return self.problem is not None and not self.skipped
+
+    def skip_updates(self, spec: StackSpec) -> dict[str, str]:
+        """The stack-file edit that records a skip of this refusal (the quantized artifact's
+        URI under qinfra:gate.skip), so the skip shows in review and in every later update's
+        recorded config; {} when nothing is refused."""
+        if not self.refuses or spec.variants.quantized.artifact is None:
+            return {}
+        return {SKIP_KEY: spec.variants.quantized.artifact}
 
     def to_props(self) -> dict[str, Any]:
         """What the program records for the policy pack (qinfra:quality:GateEvidence)."""
@@ -45,19 +54,22 @@ def check_gate(spec: StackSpec) -> GateCheck:
     percent = spec.rollout.traffic_percent()[Variant.QUANTIZED]
     quantized = spec.variants.quantized
     uri = quantized.gate
-    skipped = spec.gate.skip is not None and spec.gate.skip == quantized.artifact
+    # a skip names the artifact by URI (as --skip-gate writes it) or by its content id alone
+    skipped = spec.gate.skip is not None and _artifact_id(spec.gate.skip) == _artifact_id(
+        quantized.artifact)
     fix = f"To fix: run `qinfra gate --stack {spec.name}`"
+    skip = f"or pass {SKIP_FLAG} (recorded in the stack file)"
     if percent == 0:
         return GateCheck(percent, uri, None, None, skipped)
     head = f"stack {spec.name} gives the quantized variant {percent}% of traffic, but"
     if uri is None:
         return GateCheck(percent, None, None, f"{head} pins no gate report "
-                         f"(qinfra:variants.quantized.gate). {fix}, or pass {SKIP_FLAG}", skipped)
+                         f"(qinfra:variants.quantized.gate). {fix}, {skip}", skipped)
     try:
         report = read_report(uri)
     except ArtifactError as exc:
         return GateCheck(percent, uri, None, f"{head} its gate report cannot be used: "
-                         f"{exc.message}", skipped)
+                         f"{exc.message.rstrip('.')}, {skip}", skipped)
     pinned = {v: _artifact_id(spec.variants.of(v).artifact) for v in Variant}
     made_for = {Variant.BASELINE: report.baseline.artifact_id,
                 Variant.QUANTIZED: report.quantized.artifact_id}
@@ -65,10 +77,11 @@ def check_gate(spec: StackSpec) -> GateCheck:
              if made_for[v] != pinned[v]]
     if stale:
         return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} was "
-                         f"made for other artifacts: {'; '.join(stale)}. {fix} again", skipped)
+                         f"made for other artifacts: {'; '.join(stale)}. {fix} again, {skip}",
+                         skipped)
     if report.verdict.value != "pass":
         why = "; ".join(report.reasons) or "verdict fail"
         return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} "
                          f"failed ({why}). To fix: build a better quantized artifact and gate it, "
-                         f"or lower the stage to baseline_only", skipped)
+                         f"lower the stage to baseline_only, {skip}", skipped)
     return GateCheck(percent, uri, report.verdict.value, None, skipped)

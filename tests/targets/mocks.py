@@ -64,8 +64,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
     resources: list[Recorded] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
+    evidence: list[Recorded] = field(default_factory=list)
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources.append(Recorded(args.typ, args.name, dict(args.inputs)))
+        # the gate's evidence for the policy pack is no infrastructure: kept apart
+        kept = self.evidence if args.typ == "qinfra:quality:GateEvidence" else self.resources
+        kept.append(Recorded(args.typ, args.name, dict(args.inputs)))
         return f"{args.name}-id", _outputs(args.typ, args.name, args.inputs)
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
@@ -80,6 +84,7 @@ class Run:
     resources: list[Recorded]
     exports: dict[str, Any]
     calls: list[tuple[str, dict[str, Any]]]
+    evidence: list[Recorded] = field(default_factory=list)  # qinfra:quality:GateEvidence
 
     def of(self, typ: str) -> list[Recorded]:
         return [r for r in self.resources if r.typ == typ]
@@ -106,6 +111,9 @@ def stack_config(stack: str, stage: str, percent: int, **overrides: Any) -> dict
     config["qinfra:router"] = {**config.get("qinfra:router", {}), "artifact": f"{store}/{ROUTER_PIN}/",
                                "image": ROUTER_IMAGE}
     config["qinfra:rollout"] = {"stage": stage, "quantized_percent": percent}
+    # no gate report here: the skip `--skip-gate` records (tests/test_gate_enforcement.py
+    # proves the refusal without it)
+    config["qinfra:gate"] = {"skip": config["qinfra:variants"]["quantized"]["artifact"]}
     config.update(overrides)
     return config
 
@@ -134,7 +142,7 @@ def run_program(stack: str, config: Mapping[str, Any], secret_keys: tuple[str, .
             run()
     finally:
         pulumi.runtime.set_all_config({}, [])
-    return Run(mocks.resources, resolved, mocks.calls)
+    return Run(mocks.resources, resolved, mocks.calls, mocks.evidence)
 
 
 def walk(value: Any) -> Iterator[Any]:

@@ -21,6 +21,7 @@ CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 ACCOUNT = "kubernetes:core/v1:ServiceAccount"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
+NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 STORE = "s3://acme-models/llama-3.1-8b"
 
 STAGES = [
@@ -41,6 +42,7 @@ INVENTORY = {  # per variant and for the router: ConfigMap, Deployment, Service,
     SERVICE: 3,
     PDB: 3,
     ROUTE: 1,
+    NETPOL: 2,  # per variant: only the router's pods reach its engine pods
 }
 
 
@@ -192,6 +194,26 @@ def test_the_route_reaches_only_the_router() -> None:
     assert rule["backendRefs"] == [{"name": "qinfra-k8s-router", "port": 80}]
     service = run.one(SERVICE, "router").inputs["spec"]
     assert service["ports"][0]["port"] == 80 and service["ports"][0]["targetPort"] == "http"
+
+
+def test_only_the_router_pods_reach_the_engine_pods() -> None:
+    run = k8s("gradual", 25)
+    router = run.one(DEPLOYMENT, "router").inputs["spec"]["selector"]["matchLabels"]
+    for variant in ("baseline", "quantized"):
+        deployment = run.one(DEPLOYMENT, f"k8s-{variant}").inputs
+        policy = run.one(NETPOL, variant).inputs
+        assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        spec = policy["spec"]
+        # it selects exactly this variant's engine pods, and only ingress is restricted
+        assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": router}}]  # no namespace: this one
+        (port,) = rule["ports"]
+        assert port["port"] == "http" and any(
+            p["name"] == "http" for p in engine(run, variant)["ports"])
+    # the router's own pods take traffic from the gateway: no policy selects them
+    assert all(p.inputs["spec"]["podSelector"]["matchLabels"] != router for p in run.of(NETPOL))
 
 
 def test_router_deployment_is_replicated_probed_and_reloads_its_config() -> None:

@@ -123,6 +123,29 @@ def route(spec: StackSpec, namespace: str, backend: tuple[str, int],
     )
 
 
+def engine_policy(load: Workload, router: Workload,
+                  ready: Sequence[pulumi.Resource]) -> k8s.networking.v1.NetworkPolicy:
+    """Only the stack's router pods reach a variant's engine pods, on the engine's port: both
+    selectors are read from the rendered Deployments, so the policy cannot drift from them.
+    (The kubelet's probes come from the node and are not subject to NetworkPolicy.)"""
+    deployment = load.manifests["Deployment"]
+    name = f"{deployment['metadata']['name']}-from-router"
+    return k8s.networking.v1.NetworkPolicy(
+        name,
+        metadata={"name": name, "namespace": load.namespace, "labels": MANAGED},
+        spec={
+            "podSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels":
+                                          router.manifests["Deployment"]["spec"]["selector"]["matchLabels"]}}],
+                "ports": [{"protocol": "TCP", "port": "http"}],  # the engine's named containerPort
+            }],
+        },
+        opts=pulumi.ResourceOptions(depends_on=list(ready)),
+    )
+
+
 def objects(load: Workload, docs: Mapping[str, dict[str, Any]], ready: Sequence[pulumi.Resource],
             wait: str | None) -> dict[str, pulumi.Resource]:
     """One workload's objects in the kind table's order, each after the ones before it."""
@@ -166,6 +189,8 @@ def deploy(deploy: DeployInput) -> Deployed:
             endpoint=f"http://{svc}.{namespace}.svc.cluster.local:{port}")
     # The router last: its config names the variants' Services, which exist by then.
     router = workload(deploy, ROUTER)
+    for load in loads:
+        engine_policy(load, router, ready)
     made = objects(router, router.manifests, [*ready, *services], None)
     route(spec, namespace, router.service, [made["Service"]])
     hostname = spec.kubernetes.hostname

@@ -145,7 +145,8 @@ def check_ports(stack: str, ports: dict[str, int]) -> None:
     """Refuse, naming every variant's taken port at once, before any server starts. Skipped
     while a server of the stack runs: it may hold a port it is about to give up, and each
     start checks its own port again."""
-    folders = [run_dir() / stack / name for name in (*Variant, router_process.ROUTER_DIR)]
+    folders = [run_dir() / stack / name
+               for name in (*Variant, router_process.ROUTER_DIR, "prometheus")]
     if any(running(recorded_server(folder)) for folder in folders):
         return
     taken = [_taken_message(name, port) for name, port in ports.items() if port_taken(port)]
@@ -450,6 +451,8 @@ def deploy(deploy: DeployInput) -> Deployed:
     if _on_this_machine():
         _note_program()
         ports = {str(v): spec.serving.local_port(v) for v in Variant if traffic[v] > 0}
+        if spec.local_prometheus():
+            ports["prometheus"] = spec.ports()[-1]
         check_ports(spec.name, {"router": spec.serving.port, **ports})
     api_key = pulumi.Config("qinfra").get_secret("api_key")
     variants: dict[str, Any] = {}
@@ -484,4 +487,10 @@ def deploy(deploy: DeployInput) -> Deployed:
         "config": router_process.config_props(spec),
         "run_dir": str(run_dir() / spec.name / router_process.ROUTER_DIR),
     }, pulumi.ResourceOptions(depends_on=servers))
+    if spec.local_prometheus():  # scrapes the router for `rollout --auto`'s analysis
+        from qinfra.deploy.targets import prometheus_process
+        from qinfra.deploy.targets.local_prometheus import Prometheus
+
+        Prometheus(f"{spec.name}-prometheus", prometheus_process.props(spec, run_dir()),
+                   pulumi.ResourceOptions(depends_on=[router]))
     return Deployed(variants=variants, endpoint=router.endpoint)

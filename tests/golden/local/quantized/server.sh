@@ -2,6 +2,8 @@
 # Rendered by qinfra from stack local, variant quantized (gguf-q4_k_m); do not edit.
 # llama.cpp b11434 on cpu: --ctx-size is the KV cache of all 2 slot(s) together,
 # each slot gets an equal share; every flag is the plan's (`qinfra plan --stack local`).
+# --log-verbosity 4: llama-server logs its model, KV and compute buffer sizes only at this level (not
+# at the default 3, nor in /props or /slots); `qinfra status` holds them against the plan.
 # QINFRA_PORT, where set, is the port of one of several engines on a machine (qinfra-engine@<n>).
 set -eu
 model=/tmp/qinfra-artifacts/local/sha256-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
@@ -29,4 +31,5 @@ exec "${LLAMA_SERVER:-llama-server}" \
   --cache-type-k f16 \
   --cache-type-v f16 \
   --no-webui \
-  --metrics
+  --metrics \
+  --log-verbosity 4
