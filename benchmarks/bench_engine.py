@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' stack helpers
 
-from tests.local_stack import local_stack  # noqa: E402
-from tests.test_engine_local import free_ports  # noqa: E402
+from tests.local_stack import listening, write_project  # noqa: E402
 
 
 def router_percent(port: int) -> float | None:
@@ -36,24 +34,12 @@ def router_percent(port: int) -> float | None:
         return None
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="qinfra-bench-"))
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n")
-    (root / "stacks").mkdir()
-    port = free_ports()
-    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
+    port = write_project(root)
     env = {**os.environ, "QINFRA_STACKS_DIR": str(root / "stacks"),
            "QINFRA_CACHE_DIR": str(root / "cache"), "PULUMI_SKIP_UPDATE_CHECK": "true",
            "PULUMI_BACKEND_URL": f"file://{root}/.qinfra/state", "PULUMI_CONFIG_PASSPHRASE": "",

@@ -1,5 +1,6 @@
 """The shipped local stack turned back onto the built-in tiny demo model, for tests that need a
-whole local deployment fast (the real SmolLM2 stack is for the few tests that need its answers).
+whole local deployment fast (the real SmolLM2 stack is for the few tests that need its answers);
+and the throwaway project those tests deploy it from (`write_project`, `entered`).
 
 Only the model and the pins change: ports, router, fleet and rollout stay as shipped. The tiny
 random model would fail a quality gate, so these stacks record a skip of it (qinfra:gate.skip,
@@ -8,10 +9,19 @@ as `--skip-gate` writes it), except where a test proves the gate's enforcement.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from click.testing import CliRunner, Result
 from ruamel.yaml import YAML
+
+from qinfra.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "stacks" / "Pulumi.local.yaml"
@@ -46,3 +56,78 @@ def local_stack(port: int, store: str, demo: bool = True, skip_gate: bool = True
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue()
+
+
+def free_ports(count: int = 3) -> int:
+    """A port p with p .. p + count - 1 free (router, baseline and quantized side by side)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + count - 1 > 65535:
+            continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def qinfra(*args: str, stdin: str | None = None) -> Result:
+    """`qinfra args` in this process, as a user types it (exceptions propagate)."""
+    return CliRunner().invoke(cli, list(args), input=stdin, catch_exceptions=False)
+
+
+def write_project(root: Path, *, demo: bool = True, skip_gate: bool = True,
+                  policies: bool = False) -> int:
+    """A throwaway project in `root`: its own Pulumi.yaml running qinfra's program from this
+    checkout, and stacks/Pulumi.local.yaml (see `local_stack`) on free ports with its artifacts
+    in root/store; with `policies`, qinfra's policy pack beside it (policies/ and the .venv it
+    names). Returns the router's port (the engines are on port + 1 and port + 2)."""
+    (root / "Pulumi.yaml").write_text(
+        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
+        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
+        "stackConfigDir: stacks\n")
+    if policies:
+        (root / "policies").symlink_to(ROOT / "policies")
+        (root / ".venv").symlink_to(ROOT / ".venv")
+    (root / "stacks").mkdir()
+    port = free_ports()
+    (root / "stacks" / "Pulumi.local.yaml").write_text(
+        local_stack(port, f"file://{root}/store", demo=demo, skip_gate=skip_gate))
+    return port
+
+
+@contextlib.contextmanager
+def entered(root: Path, env: Mapping[str, str] | None = None,
+            destroy: bool = True) -> Iterator[None]:
+    """Inside the project at `root`: the working directory, its own stacks, cache and Pulumi
+    home (plus `env`), all restored on the way out; with `destroy`, its local stack is destroyed
+    first (by a fresh `qinfra destroy`, so no server outlives the tests, whatever state they left)."""
+    env = {"QINFRA_STACKS_DIR": str(root / "stacks"), "QINFRA_CACHE_DIR": str(root / "cache"),
+           "PULUMI_HOME": str(root / ".pulumi-home"), **(env or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    old = Path.cwd()
+    os.environ.update(env)
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        if destroy:
+            subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
+                           cwd=root, check=False, capture_output=True, timeout=300)
+        os.chdir(old)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

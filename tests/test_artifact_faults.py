@@ -26,7 +26,7 @@ from qinfra.artifacts.verify import verify
 from qinfra.cli.main import cli
 from qinfra.core.artifact_uri import parse_artifact_uri, parse_store_uri
 from qinfra.core.errors import ArtifactError, SpecError
-from qinfra.core.spec import Variant, load_stack
+from qinfra.core.spec import StackSpec, Variant, load_stack
 from qinfra.deploy.stackfile import update_stack_file
 from tests.s3server import SMALL_PARTS
 
@@ -163,16 +163,23 @@ def test_up_refuses_a_pin_the_store_does_not_hold(
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
 
-def test_up_restores_a_lost_pinned_artifact_without_repinning(
-    stacks: Path, tmp_path: Path
-) -> None:
-    """A pin whose store lost it is pushed again only as exactly that pin."""
+def _lost_baseline(stacks: Path, tmp_path: Path) -> tuple[StackSpec, str]:
+    """The vLLM stack pushed and pinned, then its store lost the baseline's artifact: the
+    reloaded spec and the baseline's pin."""
     spec = _vllm_stack(stacks, tmp_path)
     update_stack_file(spec.path, pins(push_stack(spec)))
     spec = load_stack("t")
     pinned = spec.variants.of(Variant.BASELINE).artifact
     assert pinned is not None
     shutil.rmtree(tmp_path / "store" / parse_artifact_uri(pinned).artifact_id)
+    return spec, pinned
+
+
+def test_up_restores_a_lost_pinned_artifact_without_repinning(
+    stacks: Path, tmp_path: Path
+) -> None:
+    """A pin whose store lost it is pushed again only as exactly that pin."""
+    spec, pinned = _lost_baseline(stacks, tmp_path)
     state = pin_state(spec)
     assert state == PinState(unpinned=(), not_held=(Variant.BASELINE,))
     results = push_stack(spec, only=state.to_push, restore=state.not_held)
@@ -185,12 +192,7 @@ def test_up_restores_a_lost_pinned_artifact_without_repinning(
 def test_restore_refuses_a_source_that_no_longer_makes_the_pin(
     stacks: Path, tmp_path: Path
 ) -> None:
-    spec = _vllm_stack(stacks, tmp_path)
-    update_stack_file(spec.path, pins(push_stack(spec)))
-    spec = load_stack("t")
-    pinned = spec.variants.of(Variant.BASELINE).artifact
-    assert pinned is not None
-    shutil.rmtree(tmp_path / "store" / parse_artifact_uri(pinned).artifact_id)
+    spec, pinned = _lost_baseline(stacks, tmp_path)
     (tmp_path / "baseline" / "config.json").write_text('{"model_type": "mistral"}')
     with pytest.raises(ArtifactError, match="the variant's source now makes file://"):
         push_stack(spec, only=(Variant.BASELINE,), restore=(Variant.BASELINE,))

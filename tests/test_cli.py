@@ -201,7 +201,7 @@ def test_status_table_never_cuts_names_at_80_columns(variants, names):
 
     from rich.console import Console
 
-    from qinfra.cli.stack import endpoints_table
+    from qinfra.cli.observe import endpoints_table
 
     out = StringIO()
     Console(file=out, width=80).print(endpoints_table("local", {"stage": "ab_test",

@@ -16,54 +16,24 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from qinfra.cli.main import cli
 from qinfra.core.demomodel import demo_config_json
-from tests.local_stack import local_stack
-from tests.test_engine_local import free_ports
+from tests.local_stack import entered, qinfra, write_project
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory):
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """A throwaway project: its own Pulumi.yaml (running qinfra's program), stacks, state, store."""
     root = tmp_path_factory.mktemp("faults")
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n"
-    )
-    (root / "stacks").mkdir()
-    text = local_stack(free_ports(), f"file://{root}/store")  # the demo model
-    (root / "stacks" / "Pulumi.local.yaml").write_text(text)
-    env = {
-        "QINFRA_STACKS_DIR": str(root / "stacks"),
-        "QINFRA_CACHE_DIR": str(root / "cache"),
-        "PULUMI_HOME": str(root / ".pulumi-home"),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    old = Path.cwd()
-    os.chdir(root)
-    yield {"root": root, "stack_file": root / "stacks" / "Pulumi.local.yaml"}
-    subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
-                   cwd=root, check=False, capture_output=True, timeout=300)
-    os.chdir(old)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def qinfra(*args: str, stdin: str | None = None):
-    return CliRunner().invoke(cli, list(args), input=stdin, catch_exceptions=False)
+    write_project(root)  # the demo model
+    with entered(root):
+        yield {"root": root, "stack_file": root / "stacks" / "Pulumi.local.yaml"}
 
 
 def backend_stacks(root: Path) -> list[str]:

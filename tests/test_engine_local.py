@@ -11,82 +11,31 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from qinfra.cli.main import cli
 from qinfra.deploy.processes import alive
-from tests.local_stack import local_stack
+from tests.local_stack import entered, free_ports, listening, qinfra, write_project
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(count: int = 3) -> int:
-    """A port p with p .. p + count - 1 free (router, baseline and quantized side by side)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + count - 1 > 65535:
-            continue
-        try:
-            for offset in range(1, count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no {count} free ports in a row")
+# what other scenario modules take from here (free_ports: test_auto_rollout and the shadow test)
+__all__ = ["complete", "free_ports", "listening", "project", "qinfra"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory):
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A throwaway project: its own Pulumi.yaml (running qinfra's program), stacks, state, store."""
     root = tmp_path_factory.mktemp("project")
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n"
-    )
-    (root / "stacks").mkdir()
-    port = free_ports()
-    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
-    old = Path.cwd()
-    env = {
-        "QINFRA_STACKS_DIR": str(root / "stacks"),
-        "QINFRA_CACHE_DIR": str(root / "cache"),
-        "PULUMI_HOME": str(root / ".pulumi-home"),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.chdir(root)
-    yield {"root": root, "port": port, "pids": []}
-    subprocess.run(
-        [sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
-        cwd=root,
-        check=False,
-        capture_output=True,
-        timeout=300,
-    )
-    os.chdir(old)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def qinfra(*args: str):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result
+    port = write_project(root)
+    with entered(root):
+        yield {"root": root, "port": port, "pids": []}
 
 
 def complete(port: int, user: str | None = None) -> dict:
@@ -97,12 +46,6 @@ def complete(port: int, user: str | None = None) -> dict:
         f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as response:
         return {**json.loads(response.read()), "_variant": response.headers.get("x-qinfra-variant")}
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_broken_stack_file_is_refused_before_the_engine_starts(project):

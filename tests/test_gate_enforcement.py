@@ -9,25 +9,20 @@ One scenario in order (module scope): each step builds on the state the previous
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from qinfra.cli.main import cli
 from qinfra.core.errors import DeployError
 from qinfra.core.spec import Variant, load_stack
 from qinfra.deploy.engine import Deployer, HistoryEntry, UpdateKind, UpdateResult
 from qinfra.deploy.history import entries
 from qinfra.deploy.stackfile import update_stack_file
 from qinfra.quality.gate_report import GateReport, Method, Subject, Verdict, write_report
-from tests.local_stack import local_stack
-from tests.test_engine_local import free_ports, listening
+from tests.local_stack import entered, listening, qinfra, write_project
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,37 +34,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """A throwaway project with qinfra's policy pack (policies/ and the .venv it names beside
     it) and the local stack on the demo model, its gate not skipped."""
     root = tmp_path_factory.mktemp("gate-project")
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n")
-    (root / "policies").symlink_to(ROOT / "policies")
-    (root / ".venv").symlink_to(ROOT / ".venv")
-    (root / "stacks").mkdir()
-    port = free_ports()
-    path = root / "stacks" / "Pulumi.local.yaml"
-    path.write_text(local_stack(port, f"file://{root}/store", skip_gate=False))
-    env = {"QINFRA_STACKS_DIR": str(root / "stacks"), "QINFRA_CACHE_DIR": str(root / "cache"),
-           "PULUMI_HOME": str(root / ".pulumi-home")}
-    saved = {k: os.environ.get(k) for k in env}
-    old = Path.cwd()
-    os.environ.update(env)
-    os.chdir(root)
-    try:
-        yield {"root": root, "port": port, "path": path, "store": f"file://{root}/store"}
-    finally:
-        subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
-                       cwd=root, check=False, capture_output=True, timeout=300)
-        os.chdir(old)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def qinfra(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    port = write_project(root, skip_gate=False, policies=True)
+    with entered(root):
+        yield {"root": root, "port": port, "path": root / "stacks" / "Pulumi.local.yaml",
+               "store": f"file://{root}/store"}
 
 
 def _pin_report(project: dict[str, Any], verdict: Verdict, quantized_id: str | None = None) -> str:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,10 +23,10 @@ from qinfra.planning.sizing import StackPlan
 from qinfra.serving.llamacpp import SERVER, find_binary, quantize
 from qinfra.serving.render import LLAMA_CPP_BUILD, LaunchInputs, render_stack, write_rendered
 from tests.render_helpers import STACKS, launch_command, plan_for, with_api_key
+from tests.router.processes import free_port, stop, wait_ready
 
 pytestmark = pytest.mark.real
 
-HEALTH_TIMEOUT_S = 60
 API_KEY = "test-key-not-a-secret"
 
 
@@ -55,12 +52,6 @@ def models(tmp_path_factory: pytest.TempPathFactory, server_binary: Path) -> dic
     return {"baseline": f16, "quantized": artifact}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _request(url: str, body: dict[str, Any] | None = None, key: str | None = None) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if key:
@@ -72,31 +63,6 @@ def _request(url: str, body: dict[str, Any] | None = None, key: str | None = Non
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """By process id: the script exec'd llama-server, so proc.pid is the server itself."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama-server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if _request(f"{base}/health")[0] == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{base}/health not ready within {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def _render(
@@ -111,7 +77,7 @@ def _render(
     plan = plan_for(spec)
     inputs = {
         name: LaunchInputs(
-            model_path=str(model), host="127.0.0.1", port=port if name == variant else _free_port()
+            model_path=str(model), host="127.0.0.1", port=port if name == variant else free_port()
         )
         for name, model in models.items()
     }
@@ -123,7 +89,7 @@ def _render(
 def test_rendered_launch_serves_the_planned_context(
     request, tmp_path, models, server_binary, variant, api_key
 ):
-    port = _free_port()
+    port = free_port()
     spec, plan, folder = _render(tmp_path, models, variant, port, api_key)
     flags = plan.variant(variant).chosen.engine_plan.flags
     env = {k: v for k, v in os.environ.items() if k != "QINFRA_PORT"}
@@ -139,9 +105,9 @@ def test_rendered_launch_serves_the_planned_context(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    request.addfinalizer(lambda: _stop(proc))
+    request.addfinalizer(lambda: stop(proc))  # the script exec'd llama-server: pid is the server
     base = f"http://127.0.0.1:{port}"
-    _wait_healthy(proc, base, log)
+    wait_ready(proc, f"{base}/health", log)
     key = API_KEY if api_key else None
 
     # A real completion through the OpenAI API, under the served name.
@@ -188,7 +154,7 @@ def test_rendered_launch_serves_the_planned_context(
 
 
 def test_launch_refuses_to_start_without_the_key(tmp_path, models, server_binary):
-    _, _, folder = _render(tmp_path, models, "baseline", _free_port(), api_key=True)
+    _, _, folder = _render(tmp_path, models, "baseline", free_port(), api_key=True)
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_API_KEY"}
     env["LLAMA_SERVER"] = str(server_binary)
     done = subprocess.run(
@@ -199,7 +165,7 @@ def test_launch_refuses_to_start_without_the_key(tmp_path, models, server_binary
 
 
 def test_warmup_once_fails_fast_without_a_server(tmp_path, models):
-    _, _, folder = _render(tmp_path, models, "baseline", _free_port(), api_key=False)
+    _, _, folder = _render(tmp_path, models, "baseline", free_port(), api_key=False)
     done = subprocess.run(
         ["sh", str(folder / "warmup.sh"), "--once"], capture_output=True, text=True, timeout=30
     )

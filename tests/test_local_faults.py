@@ -22,21 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from qinfra.cli.main import cli
 from qinfra.deploy.processes import Identity, alive, identity
 from qinfra.deploy.targets import local
-from tests.local_stack import local_stack
-from tests.test_engine_local import free_ports
+from tests.local_stack import entered, qinfra, write_project
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-local-faults-not-a-real-key"
-
-
-def qinfra(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +36,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """A throwaway project whose local stack requires an API key (a Pulumi secret), with its
     artifacts pushed and pinned."""
     root = tmp_path_factory.mktemp("faults")
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n"
-    )
-    (root / "stacks").mkdir()
-    port = free_ports()  # the router on port, the engines on port + 1 and port + 2
-    (root / "stacks" / "Pulumi.local.yaml").write_text(local_stack(port, f"file://{root}/store"))
-    old = Path.cwd()
-    env = {"QINFRA_STACKS_DIR": str(root / "stacks"), "QINFRA_CACHE_DIR": str(root / "cache"),
-           "PULUMI_HOME": str(root / ".pulumi-home")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.chdir(root)
-    try:
+    port = write_project(root)  # the router on port, the engines on port + 1 and port + 2
+    with entered(root):
         from pulumi import automation as auto
 
         from qinfra.deploy.engine import Deployer
@@ -69,15 +48,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         Deployer("local").stack().set_config("qinfra:api_key", auto.ConfigValue(KEY, secret=True))
         assert KEY not in (root / "stacks" / "Pulumi.local.yaml").read_text()
         yield {"root": root, "port": port, "run": root / ".qinfra" / "run"}
-    finally:
-        subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
-                       cwd=root, check=False, capture_output=True, timeout=300)
-        os.chdir(old)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _request(port: int, key: str | None) -> int:

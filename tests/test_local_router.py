@@ -8,9 +8,6 @@ real SmolLM2 model and asks it a question through the router.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -20,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from qinfra.cli.main import cli
 from qinfra.deploy.processes import alive
-from tests.local_stack import local_stack
-from tests.test_engine_local import free_ports, listening
+from tests.local_stack import entered, listening, qinfra, write_project
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,43 +27,17 @@ SMOLLM2 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _project(root: Path, demo: bool) -> Iterator[dict[str, Any]]:
-    (root / "Pulumi.yaml").write_text(
-        "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
-        "stackConfigDir: stacks\n")
-    (root / "stacks").mkdir()
-    port = free_ports()
-    (root / "stacks" / "Pulumi.local.yaml").write_text(
-        local_stack(port, f"file://{root}/store", demo=demo))
+    port = write_project(root, demo=demo)
     if not demo:  # the stack names the model relative to the project root
         (root / ".tools" / "models").mkdir(parents=True)
         (root / ".tools" / "models" / SMOLLM2.name).symlink_to(SMOLLM2)
-    env = {"QINFRA_STACKS_DIR": str(root / "stacks"), "QINFRA_CACHE_DIR": str(root / "cache"),
-           "PULUMI_HOME": str(root / ".pulumi-home")}
-    saved = {k: os.environ.get(k) for k in env}
-    old = Path.cwd()
-    os.environ.update(env)
-    os.chdir(root)
-    try:
+    with entered(root):
         yield {"root": root, "port": port, "run": root / ".qinfra" / "run" / "local"}
-    finally:
-        subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", "local", "--yes"],
-                       cwd=root, check=False, capture_output=True, timeout=300)
-        os.chdir(old)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     yield from _project(tmp_path_factory.mktemp("router-project"), demo=True)
-
-
-def qinfra(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def ask(port: int, user: str, content: str = "hello", max_tokens: int = 4) -> tuple[int, str, dict]:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ def _deployed_percent(spec: StackSpec) -> int | None:
 class AutoRollout:
     """One automatic rollout of one stack (see the module docstring)."""
 
-    def __init__(self, stack: str, commit: bool, say: Any) -> None:
+    def __init__(self, stack: str, commit: bool, say: Callable[[str], None]) -> None:
         self.stack, self.commit, self.say = stack, commit, say
         self.run = Run(stack)
         self.interrupts = _Interrupts()
@@ -308,7 +308,10 @@ class AutoRollout:
 
 def run_auto(stack: str, commit: bool, as_json: bool, skip_gate: bool) -> int:
     """Run it, print the outcome (JSON with --json); the exit code."""
-    say = (lambda _msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    def say(message: str) -> None:
+        if not as_json:
+            click.echo(message, err=True)
+
     run = AutoRollout(stack, commit, say)(skip_gate)
     if as_json:
         from qinfra.cli.output import echo_json

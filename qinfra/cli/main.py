@@ -26,6 +26,7 @@ class LazyCommand(NamedTuple):
 
 
 _STACK = "qinfra.cli.stack"
+_OBSERVE = "qinfra.cli.observe"
 
 # Every command, imported when named. A summary is the first paragraph of the command's help, as
 # `qinfra --help` shortens it; tests/test_cli_startup.py fails when one drifts from its command.
@@ -40,9 +41,9 @@ COMMANDS: dict[str, LazyCommand] = {
                                               "artifacts in the store are kept."),
     "gate": LazyCommand("qinfra.cli.gate", "gate", "Quality gate: measure the quantized variant's "
                         "drift from the baseline and judge it."),
-    "history": LazyCommand(_STACK, "history", "Every update of the stack, newest first and paged, "
-                                              "with its number, result, stage, traffic and artifact "
-                                              "URIs; failed updates included."),
+    "history": LazyCommand(_OBSERVE, "history", "Every update of the stack, newest first and "
+                                                "paged, with its number, result, stage, traffic "
+                                                "and artifact URIs; failed updates included."),
     "plan": LazyCommand("qinfra.cli.plan", "plan", "Memory plan: GPUs, tensor parallelism, "
                                                    "replicas, engine flags and cost."),
     "preview": LazyCommand(_STACK, "preview", "Show what `up` would change: per resource, then "
@@ -54,10 +55,10 @@ COMMANDS: dict[str, LazyCommand] = {
                                                 "stack file, preview, apply."),
     "rollout": LazyCommand(_STACK, "rollout", "Move the quantized variant's traffic share: rewrite "
                                               "the stack file, preview, apply."),
-    "status": LazyCommand(_STACK, "status", "The stack's outputs: stage, and per variant its "
-                                            "traffic, replicas and endpoint; on target local "
-                                            "also each engine's memory, planned against what "
-                                            "it allocated."),
+    "status": LazyCommand(_OBSERVE, "status", "The stack's outputs: stage, and per variant its "
+                                              "traffic, replicas and endpoint; on target local "
+                                              "also each engine's memory, planned against what "
+                                              "it allocated."),
     "up": LazyCommand(_STACK, "up", "Push and pin missing artifacts, preview, apply, wait until "
                                     "every server is healthy."),
 }

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import itertools
 from enum import StrEnum
-from typing import Annotated
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import Field, field_validator
 
-Whole = Annotated[int, Strict()]
-Number = Annotated[float, Strict(), AllowInfNan(False)]
+from qinfra.core.spec_types import Number, Whole
+from qinfra.core.spec_types import SpecModel as _Model
 
 
 class Check(StrEnum):
@@ -29,8 +28,6 @@ class Check(StrEnum):
     SHADOW_AGREEMENT = "shadow_agreement"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LatencyCheckSpec(_Model):

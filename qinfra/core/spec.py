@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
-    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,15 +34,13 @@ from qinfra.core.formats import (
     formats_loaded_by,
 )
 from qinfra.core.spec_problems import FieldError
+from qinfra.core.spec_sections import GateSpec, KubernetesSpec, RouterSpec
+from qinfra.core.spec_types import Number, SpecModel, Whole
 
 NAMESPACE = "qinfra"
 STACKS_DIR_ENV = "QINFRA_STACKS_DIR"
 MAX_PORT = 65535
 
-# Numbers as users write them: a YAML `true` is not 1 and `.inf` is not a size. Strict keeps
-# booleans and strings out (an int is still a valid float); finite keeps inf and nan out.
-Whole = Annotated[int, Strict()]
-Number = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 class Target(StrEnum):
@@ -93,8 +89,7 @@ class Encrypted(BaseModel):
     __str__ = __repr__
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+_Model = SpecModel
 
 
 class ModelSpec(_Model):
@@ -266,112 +261,6 @@ _STAGE_PERCENT: dict[Stage, range] = {
     Stage.GRADUAL: range(1, 100),
     Stage.FULL: range(100, 101),
 }
-
-
-class KubernetesSpec(_Model):
-    gateway: str = Field("qinfra", description="Gateway API Gateway the stack's HTTPRoute "
-                         "attaches to.")
-    gateway_namespace: str | None = Field(None, description="The Gateway's namespace; default "
-                                          "the stack's (kubernetes:namespace).")
-    hostname: str | None = Field(None, description="Hostname the route answers; the stack's "
-                                 "`endpoint` output. Default: the Gateway's listeners decide.")
-    service_account_role_arn: str | None = Field(None, description="IAM role the engine pods' "
-                                                 "ServiceAccount assumes (EKS IRSA) to read the "
-                                                 "artifact store.")
-
-
-# An image reference pinned by its manifest digest (OCI distribution spec, "Pulling manifests").
-IMAGE_BY_DIGEST = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
-# An HTTP header name is an RFC 9110 token.
-_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-class RouterSpec(_Model):
-    """The router in front of the engines (target local): how it keys, splits and mirrors."""
-
-    key_header: str = Field("X-Qinfra-User", description="Request header whose value keeps a "
-                            "user in one variant (sticky cohorts); else the OpenAI `user` field, "
-                            "the cookie, or a hash of the bearer token.")
-    cookie: str = Field("qinfra_user", description="Cookie read as the sticky key when the "
-                        "header and the `user` field are absent.")
-    salt: str = Field("qinfra", min_length=1, description="Mixed into every key's bucket: "
-                      "another salt splits the same users differently.")
-    shadow_percent: Number = Field(0.0, ge=0, le=100, description="Share of baseline-assigned "
-                                   "requests mirrored to the quantized variant for comparison "
-                                   "(the mirror's answer is never returned).")
-    max_in_flight: Whole = Field(256, ge=1, le=1_000_000, description="Requests the router "
-                                 "serves at once; more get 429 with Retry-After.")
-    connect_timeout_s: Number = Field(2.0, gt=0, le=3600, description="Seconds to connect to "
-                                      "an engine before trying another replica.")
-    read_timeout_s: Number = Field(300.0, gt=0, le=86_400, description="Seconds an engine may "
-                                   "stay silent mid-answer before the router answers 504.")
-    image: str | None = Field(None, description="target kubernetes: the router's container "
-                              "image, pinned by digest (REPOSITORY@sha256:<64 hex>), built from "
-                              "the qinfra that renders the stack.")
-    artifact: str | None = Field(None, description="target aws: the router's wheels (qinfra and "
-                                 "what the router imports), pinned by `qinfra artifacts push "
-                                 "--stack` like a model artifact.")
-
-    @field_validator("image")
-    @classmethod
-    def _by_digest(cls, v: str | None) -> str | None:
-        if v is not None and not IMAGE_BY_DIGEST.fullmatch(v):
-            raise ValueError("must name an image by digest: REPOSITORY@sha256:<64 hex digits> "
-                             "(a tag can move under a running stack)")
-        return v
-
-    @field_validator("artifact")
-    @classmethod
-    def _router_artifact(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_artifact_uri(v)
-        return v
-
-    @field_validator("key_header", "cookie")
-    @classmethod
-    def _token(cls, v: str) -> str:
-        if not _HEADER_TOKEN.fullmatch(v):
-            raise ValueError("must be a header or cookie name: letters, digits and !#$%&'*+.^_`|~-")
-        return v
-
-    @field_validator("shadow_percent")
-    @classmethod
-    def _basis_points(cls, v: float) -> float:
-        if abs(v * 100 - round(v * 100)) > 1e-6:
-            raise ValueError("must have at most two decimals (the router splits in 1/100 %)")
-        return v
-
-
-Ratio = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)]
-
-
-class GateBarSpec(_Model):
-    """Limits on the gate's metrics (qinfra/quality/data/gate_thresholds.toml has the defaults
-    and their sources); unset keeps the default."""
-
-    mean_kld_max: Ratio | None = Field(None, description="Largest mean KL divergence.")
-    same_top_min: Ratio | None = Field(None, le=1, description="Smallest share of tokens with "
-                                       "the same most likely next token.")
-    ppl_ratio_max: Ratio | None = Field(None, description="Largest perplexity ratio.")
-    exact_match_min: Ratio | None = Field(None, le=1, description="Online: smallest share of "
-                                          "prompts answered identically.")
-    prefix_fraction_min: Ratio | None = Field(None, le=1, description="Online: smallest mean "
-                                              "common-prefix share of the answers.")
-
-
-class GateSpec(_Model):
-    acceptance: GateBarSpec = Field(default_factory=GateBarSpec, description="The bar every "
-                                    "format must clear (how far from the baseline it may drift).")
-    family: dict[str, GateBarSpec] = Field(default_factory=dict, description="Per format family "
-                                           "(w8, w6, w5, w4, w3, w2): the drift expected of it.")
-    skip: str | None = Field(None, description="The quantized artifact URI that may take "
-                             "traffic without a passing gate report; written by --skip-gate and "
-                             "so recorded in every update's history.")
-
-    def thresholds(self) -> dict[str, Any]:
-        """The overrides as the thresholds table takes them (unset limits left out)."""
-        return {"acceptance": self.acceptance.model_dump(exclude_none=True),
-                "family": {k: v.model_dump(exclude_none=True) for k, v in self.family.items()}}
 
 
 class StackSpec(_Model):

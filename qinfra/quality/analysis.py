@@ -156,11 +156,9 @@ def analyse(spec: AnalysisSpec, base_url: str, shadowing: bool, analysis_id: str
                   results, window_verdict(results))
 
 
-def wait_until(moment: float, stop_early: Any = None) -> None:
+def wait_until(moment: float) -> None:
     """Sleep until wall-clock `moment` (short sleeps, so Ctrl-C lands at once)."""
     while (left := moment - time.time()) > 0:
-        if stop_early is not None and stop_early():
-            return
         time.sleep(min(left, 0.25))
 
 

@@ -11,12 +11,12 @@ nothing, as it does on the local target.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from qinfra.core.errors import RenderError
 from qinfra.core.spec import StackSpec, Variant
+from qinfra.core.spec_sections import IMAGE_BY_DIGEST
 from qinfra.serving.contexts import (
     BIN,
     PROBE_PERIOD_S,
@@ -48,7 +48,6 @@ ROUTER_MEMORY = "512Mi"
 ROUTER_MEMORY_LIMIT = "1Gi"
 # distroless/python images' nonroot user; any uid works, the router writes no file.
 ROUTER_UID = 65532
-_IMAGE_BY_DIGEST = re.compile(r"[^@\s]+@sha256:[0-9a-f]{64}")
 
 
 def router_config(spec: StackSpec, replicas: Mapping[Variant, str]) -> RouterConfig:
@@ -84,7 +83,7 @@ def router_argv(python: str) -> tuple[str, ...]:
 def router_image(spec: StackSpec) -> str:
     """The router's container image, pinned by digest: a tag could move under a running stack."""
     image = spec.router.image
-    if image is None or not _IMAGE_BY_DIGEST.fullmatch(image):
+    if image is None or not IMAGE_BY_DIGEST.fullmatch(image):
         raise RenderError(
             f"cannot render stack '{spec.name}', router: qinfra:router.image is "
             f"{image!r}; target kubernetes runs the router from an image pinned by digest. "
