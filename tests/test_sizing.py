@@ -13,7 +13,7 @@ import yaml
 from qinfra.core import modelinfo
 from qinfra.core.formats import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 from qinfra.core.hardware import catalog
-from qinfra.core.spec import Stage, parse_config
+from qinfra.core.spec import Stage, Target, parse_config
 from qinfra.planning.planner import EngineOptions, plan_engine
 from qinfra.planning.sizing import plan_stack, sized_for_percent
 
@@ -123,8 +123,10 @@ def test_local_stack_plans_on_cpu(stacks):
     for v in plan.variants:
         assert v.chosen.gpu == "cpu" and v.chosen.usd_per_hour == 0
     quant = plan.variant("quantized").chosen.engine_plan
-    assert quant.flags.parallel == 2  # 50% of 4 sequences
-    assert quant.flags.ctx_size == 2 * 1024 and quant.flags.n_gpu_layers == 0
+    # 50% of the traffic, but one llama-server on target local is sized for all 4 sequences so
+    # that a weight change never restarts it (sized_for_percent)
+    assert quant.flags.parallel == 4
+    assert quant.flags.ctx_size == 4 * 1024 and quant.flags.n_gpu_layers == 0
     assert plan.variant("baseline").chosen.engine_plan.flags.parallel == 4
 
 
@@ -168,3 +170,20 @@ def test_plan_stack_and_plan_model_commands_agree(stacks, reference_models):
             "--max-model-len", "8192", "--json"])
         assert adhoc.exit_code == 0, adhoc.output
         assert json.loads(adhoc.output) == chosen["plan"], name
+
+
+@pytest.mark.parametrize(
+    ("stage", "percent", "quantized"),
+    [
+        (Stage.BASELINE_ONLY, 0, 0),  # not started at all
+        (Stage.AB_TEST, 10, 100),  # one llama-server: its slots cannot follow the weight live
+        (Stage.GRADUAL, 50, 100),
+        (Stage.ROLLBACK, 0, 0),
+    ],
+)
+def test_local_engines_are_sized_for_all_traffic_once_they_take_any(stage, percent, quantized):
+    """Raising the quantized share on target local must not restart its engine (a restart
+    fails the requests the router already sends it), so its slots never depend on the weight."""
+    shares = sized_for_percent(stage, percent, Target.LOCAL)
+    assert shares == {"baseline": 100, "quantized": quantized}
+    assert sized_for_percent(stage, percent, Target.AWS)["quantized"] == percent

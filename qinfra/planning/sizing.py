@@ -84,15 +84,20 @@ class StackPlan:
         return next(v for v in self.variants if v.name == name)
 
 
-def sized_for_percent(stage: Stage, quantized_percent: int) -> dict[Variant, int]:
+def sized_for_percent(stage: Stage, quantized_percent: int,
+                      target: Target | None = None) -> dict[Variant, int]:
     """The share each variant's fleet is sized for. The baseline is always sized for all traffic
-    so that a rollback never waits for capacity; the quantized share is the rollout's."""
+    so that a rollback never waits for capacity; the quantized share is the rollout's. On target
+    local each variant is one llama-server whose slots are fixed when it starts, so one that takes
+    any traffic is sized for all of it: the weights then move without restarting it."""
     quantized = traffic_percent(stage, quantized_percent)[Variant.QUANTIZED]
+    if target is Target.LOCAL and quantized > 0:
+        quantized = 100
     return {Variant.BASELINE: 100, Variant.QUANTIZED: quantized}
 
 
 def plan_stack(spec: StackSpec, model: ModelInfo, catalog: Catalog) -> StackPlan:
-    shares = sized_for_percent(spec.rollout.stage, spec.rollout.quantized_percent)
+    shares = sized_for_percent(spec.rollout.stage, spec.rollout.quantized_percent, spec.target)
     variants = tuple(_plan_variant(spec, model, catalog, v, shares[v]) for v in Variant)
     return StackPlan(
         stack=spec.name,

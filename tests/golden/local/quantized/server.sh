@@ -1,6 +1,6 @@
 #!/bin/sh
 # Rendered by qinfra from stack local, variant quantized (gguf-q4_k_m); do not edit.
-# llama.cpp b11434 on cpu: --ctx-size is the KV cache of all 2 slot(s) together,
+# llama.cpp b11434 on cpu: --ctx-size is the KV cache of all 4 slot(s) together,
 # each slot gets an equal share; every flag is the plan's (`qinfra plan --stack local`).
 # --log-verbosity 4: llama-server logs its model, KV and compute buffer sizes only at this level (not
 # at the default 3, nor in /props or /slots); `qinfra status` holds them against the plan.
@@ -22,8 +22,8 @@ exec "${LLAMA_SERVER:-llama-server}" \
   --alias smollm2-135m-instruct \
   --host 127.0.0.1 \
   --port "${QINFRA_PORT:-8082}" \
-  --ctx-size 2048 \
-  --parallel 2 \
+  --ctx-size 4096 \
+  --parallel 4 \
   --no-kv-unified \
   --n-gpu-layers 0 \
   --threads 2 \
