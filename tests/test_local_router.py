@@ -137,6 +137,16 @@ def test_rollout_changes_weights_without_restarting_the_router(project):
     assert variants == {"baseline", "quantized"}
 
 
+def test_raising_the_share_keeps_the_quantized_engine_running(project):
+    """Rolling forward only moves weights: the quantized llama-server that already serves is
+    sized for all traffic on target local, so it is not restarted under the router's requests."""
+    engine, router = pid(project, "quantized"), pid(project, "router")
+    result = qinfra("rollout", "--stack", "local", "--percent", "75", "--yes")
+    assert result.exit_code == 0, result.output
+    assert router_health(project["port"])["quantized_percent"] == 75
+    assert (pid(project, "quantized"), pid(project, "router")) == (engine, router)
+
+
 def test_status_shows_the_endpoint_first(project):
     result = qinfra("status", "--stack", "local")
     assert result.exit_code == 0, result.output
