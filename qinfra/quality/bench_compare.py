@@ -4,7 +4,10 @@ confidence interval over the per-request samples, and a plain verdict.
 Requests are resampled whole (a request's ITL gaps travel together), 2,000 times with a fixed
 seed, and the interval is the 2.5th to 97.5th percentile of the resampled differences (the
 percentile bootstrap, Efron & Tibshirani 1993, ch. 13). An interval that excludes zero is a
-difference; one that spans zero is "no significant difference".
+difference; one that spans zero is "no significant difference". So is a difference under
+MIN_EFFECT of A's mean: the bootstrap resamples requests, and cannot see what moves a whole run
+by a few percent (CPU clocks, other processes on a shared machine), so two runs of one server
+can differ by 3-4% with an interval clear of zero.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ CONFIDENCE = 95
 SEED = 14
 # metric -> the result's per-request array (seconds); itls holds a list per request.
 METRICS = {"ttft": "ttfts", "tpot": "tpots", "itl": "itls", "e2el": "e2els"}
+
+# Smallest relative change of a mean called faster or slower (see the module docstring).
+MIN_EFFECT = 0.05
 
 
 class Verdict(StrEnum):
@@ -76,7 +82,9 @@ def compare_metric(metric: str, a: Sequence[tuple[float, int]], b: Sequence[tupl
     tail = (100 - CONFIDENCE) / 2
     low, high = percentile(diffs, tail) * 1000, percentile(diffs, 100 - tail) * 1000
     a_mean, b_mean = _mean(a) * 1000, _mean(b) * 1000
-    verdict = Verdict.FASTER if high < 0 else Verdict.SLOWER if low > 0 else Verdict.SAME
+    material = a_mean > 0 and abs(b_mean - a_mean) / a_mean >= MIN_EFFECT
+    verdict = (Verdict.SAME if not material else
+               Verdict.FASTER if high < 0 else Verdict.SLOWER if low > 0 else Verdict.SAME)
     return MetricComparison(metric, a_mean, b_mean, b_mean - a_mean, low, high,
                             (b_mean - a_mean) / a_mean if a_mean else 0.0, verdict,
                             sum(n for _, n in a), sum(n for _, n in b))

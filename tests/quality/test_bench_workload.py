@@ -141,3 +141,16 @@ def test_percentile_interpolates_as_numpy_does() -> None:
     assert percentile(values, 50) == 2.5
     assert percentile(values, 99) == pytest.approx(3.97)
     assert percentile([], 50) == 0.0
+
+
+def test_a_shift_under_the_material_effect_is_no_difference() -> None:
+    """A 3% shift with an interval clear of zero is noise between runs, not a verdict; a 10%
+    shift with the same spread is one."""
+    from qinfra.quality.bench_compare import MIN_EFFECT, Verdict, compare_metric
+
+    a = [(0.100 + 0.0001 * (i % 5), 1) for i in range(200)]
+    for shift, want in ((0.03, Verdict.SAME), (0.10, Verdict.SLOWER), (-0.10, Verdict.FASTER)):
+        b = [(s * (1 + shift), n) for s, n in a]
+        row = compare_metric("e2el", a, b)
+        assert row.verdict is want, (shift, row)
+        assert (row.ci_low_ms > 0 or row.ci_high_ms < 0) and MIN_EFFECT == 0.05
