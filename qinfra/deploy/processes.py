@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,3 +184,24 @@ def end_orphans(folder: Path) -> list[EngineProcess]:
                 ended.append(record)
         path.unlink(missing_ok=True)
     return ended
+
+
+def launch_until_ready(argv: list[str], folder: Path, log: Path, ready: Callable[[], bool], *,
+                       what: str, url: str, timeout_s: float, poll_s: float) -> subprocess.Popen[bytes]:
+    """Start `argv` detached in its own session (so it outlives the Pulumi provider), its output
+    appended to `log`, and wait until `ready()`; a process that exits or overruns is ended and
+    reported with the log's last lines, so a failed start leaves nothing running."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{what} did not start on {url} (exit {proc.returncode}): "
+                               f"{' | '.join(tail) or 'no output'} (full log: {log})")
+        time.sleep(poll_s)
+    return proc

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from qinfra.core.spec import StackSpec
+from qinfra.deploy.processes import launch_until_ready
 
 PROMETHEUS_DIR = "prometheus"  # under .qinfra/run/<stack>/, beside the router's folder
 CONFIG_FILE = "prometheus.yml"
@@ -71,21 +71,9 @@ def start(folder: Path, listen_port: int, config: str) -> subprocess.Popen[bytes
     argv = [str(binary()), f"--config.file={path}", f"--storage.tsdb.path={folder / 'data'}",
             f"--storage.tsdb.retention.time={RETENTION}",
             f"--web.listen-address={HOST}:{listen_port}", "--log.level=warn"]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
     url = f"http://{HOST}:{listen_port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not ready(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"prometheus did not start on {url} (exit {proc.returncode}): "
-                               f"{' | '.join(tail) or 'no output'} (full log: {log})")
-        time.sleep(_POLL_S)
-    return proc
+    return launch_until_ready(argv, folder, log, lambda: ready(url), what="prometheus", url=url,
+                              timeout_s=READY_TIMEOUT_S, poll_s=_POLL_S)
 
 
 def props(spec: StackSpec, run_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from qinfra.core.spec import StackSpec, Target, Variant
+from qinfra.deploy.processes import launch_until_ready
 from qinfra.serving.router.config import RouterConfig, config_mapping, parse_config, write_config
 
 ROUTER_DIR = "router"  # under .qinfra/run/<stack>/, beside the variants' folders
@@ -147,21 +148,10 @@ def start(folder: Path, port: int, want: dict[str, Any]) -> subprocess.Popen[byt
     write_config(path, parse_config(_whole(want), source=str(path)))
     argv = [sys.executable, "-m", "qinfra.serving.router", "--config", str(path), "--host", HOST,
             "--port", str(port), "--log-level", "info"]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=folder)
     url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while health(url) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"the router did not start on {url} (exit {proc.returncode}): "
-                               f"{' | '.join(tail) or 'no output'} (full log: {log})")
-        time.sleep(_POLL_S)
-    return proc
+    return launch_until_ready(argv, folder, log, lambda: health(url) is not None,
+                              what="the router", url=url, timeout_s=READY_TIMEOUT_S,
+                              poll_s=_POLL_S)
 
 
 
