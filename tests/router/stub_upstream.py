@@ -2,7 +2,8 @@
 share statistics over 2,000 keys, the benchmark's request rate, slow, failing and dead replicas.
 
 Run: python tests/router/stub_upstream.py --port N --name NAME [--delay-s S]. It answers every
-completion with `model: NAME` (so a test sees which replica served it) after S seconds; a body
+completion with `model: NAME` (so a test sees which replica served it) after S seconds
+(/v1/models, the readiness probe, at once); a body
 containing "fail" gets a 500.
 """
 
@@ -33,8 +34,8 @@ def make_app(name: str, delay_s: float) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if delay_s:
-            await asyncio.sleep(delay_s)
+        if delay_s and scope["path"] != "/v1/models":  # the readiness probe is never slowed:
+            await asyncio.sleep(delay_s)  # a 2 s delay raced wait_ready's 2 s timeout under load
         status, out = (500, b'{"error":"asked to fail"}') if b"fail" in body else (200, reply)
         if scope["path"] == "/v1/models":
             out = models
