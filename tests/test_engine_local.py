@@ -111,6 +111,10 @@ def test_preview_compares_with_the_plan_up_recorded(project):
     for name, delta in plan["variants"].items():
         assert delta["before"] == delta["after"], name  # the stack file is what was deployed
     assert plan["variants"]["baseline"]["after"]["sized_for_percent"] == 100
+    # the router's row: as deployed, one process on the stack's port
+    assert plan["router"]["before"] == plan["router"]["after"]
+    assert plan["router"]["after"]["port"] == project["port"]
+    assert plan["router"]["after"]["replicas"] == 1
 
 
 def test_a_killed_server_is_restored_by_the_next_up(project):

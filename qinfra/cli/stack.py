@@ -95,6 +95,12 @@ def _print_rich(report: Any) -> None:
         table.add_row(k, *(arrow((v.before or {}).get(k), (v.after or {}).get(k))
                            for v in report.variants))
     console.print(table)
+    router = Table(title="router (deployed → this stack file)", title_justify="left")
+    router.add_column("")
+    router.add_column("router", overflow="fold")
+    for figure, change in report.router.rows():
+        router.add_row(figure, change)
+    console.print(router)
     console.print(f"cost: ${report.usd_per_hour_after:,.2f}/hour ({report.deployed.describe()})")
 
 

@@ -81,6 +81,7 @@ def stack_plan_dict(plan: StackPlan) -> dict[str, Any]:
         "usd_per_hour": plan.usd_per_hour,
         "price_note": plan.price_note,
         "variants": {v.name: variant_plan_dict(v) for v in plan.variants},
+        "router": plan.router.figures(),
     }
 
 
@@ -138,7 +139,8 @@ def print_stack_plan(console: Any, plan: StackPlan) -> None:
                         str(c.replicas_per_gpu), str(c.engines_total), str(c.machines),
                         f"{c.usd_per_hour:.2f}")
     console.print(summary)
-    console.print(f"[dim]{plan.price_note}[/]")
+    console.print(router_line(plan))
+    console.print(f"total: ${plan.usd_per_hour:,.2f}/hour [dim]({plan.price_note})[/]")
     for v in plan.variants:
         console.print(f"\n[bold]{v.name}[/]: {v.why}")
         if v.chosen:
@@ -147,6 +149,20 @@ def print_stack_plan(console: Any, plan: StackPlan) -> None:
             console.print(f"  [dim]refused[/] {reason}")
         if len(v.refused) > 6:
             console.print(f"  [dim]... and {len(v.refused) - 6} more refused (see --json)[/]")
+
+
+def router_line(plan: StackPlan) -> str:
+    """The front door in one line: what runs it (and on aws what its machines cost) and the
+    weights it serves."""
+    r = plan.router
+    if r.usd_per_hour is not None:
+        runs = f"{r.replicas} x {r.instance_type} machines, ${r.usd_per_hour:,.2f}/hour"
+    elif r.cpu_request is not None:
+        runs = f"{r.replicas} pods, each requesting {r.cpu_request} CPU and {r.memory_request}"
+    else:
+        runs = f"{r.replicas} process on port {r.port}"
+    weights = ", ".join(f"{v} {p}%" for v, p in r.weight_percent.items())
+    return f"router: {runs}; weights {weights}"
 
 
 def _print_flags(console: Any, plan: EnginePlan) -> None:

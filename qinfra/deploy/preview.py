@@ -1,6 +1,7 @@
 """What a change does, for people and pull requests: per resource what changes, then the plan
-delta (GPUs, memory, cost per hour) from what the last `up` recorded in the stack's `plan` output
-to this stack file's plan. Pure: engine results and plans in, a report out; secrets read `[secret]`.
+delta (GPUs, memory, cost per hour; the router's weights, size and cost) from what the last `up`
+recorded in the stack's `plan` output to this stack file's plan. Pure: engine results and plans
+in, a report out; secrets read `[secret]`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from qinfra.core.errors import DeployError
 from qinfra.deploy.engine import SECRET, Change
 from qinfra.planning.planner import GIB
+from qinfra.planning.router import ROUTER_FIGURES
 from qinfra.planning.sizing import StackPlan, VariantPlan
 
 # GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
@@ -53,6 +55,20 @@ class VariantDelta:
     after: Mapping[str, Any] | None
 
 
+@dataclass(frozen=True)
+class RouterDelta:
+    """The front door before and after (ROUTER_FIGURES); None: nothing recorded on that side."""
+
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(figure, before → after) for every figure that applies to the target on either side."""
+        before, after = self.before or {}, self.after or {}
+        return [(k, arrow(before.get(k), after.get(k))) for k in ROUTER_FIGURES
+                if before.get(k) is not None or after.get(k) is not None]
+
+
 class DeployedState(StrEnum):
     NOTHING = "nothing"  # the stack has no outputs: never deployed, or destroyed
     RECORDED = "recorded"  # the last update's `plan` output
@@ -67,6 +83,7 @@ class DeployedPlan:
     state: DeployedState
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     usd_per_hour: float | None = None
+    router: Mapping[str, Any] | None = None  # None: the record predates the router's figures
     problem: str = ""  # why it is unreadable
 
     def describe(self) -> str:
@@ -86,6 +103,7 @@ class PreviewReport:
     variants: tuple[VariantDelta, ...]
     deployed: DeployedPlan
     usd_per_hour_after: float
+    router: RouterDelta
 
     @property
     def usd_per_hour_before(self) -> float | None:
@@ -105,6 +123,7 @@ class PreviewReport:
                              "problem": self.deployed.problem or None},
                 "usd_per_hour": {"before": self.usd_per_hour_before, "after": self.usd_per_hour_after},
                 "variants": {v.variant: {"before": v.before, "after": v.after} for v in self.variants},
+                "router": {"before": self.router.before, "after": self.router.after},
             },
         }
 
@@ -179,12 +198,14 @@ def _variant_figures(variant: VariantPlan) -> dict[str, Any]:
 
 def plan_record(plan: StackPlan) -> dict[str, Any]:
     """The stack output `plan` that every target exports at `up`: what a later preview compares
-    against. Plan figures only; no config value, so no secret, ever enters it."""
+    against. Plan figures only; no config value, so no secret, ever enters it. (The `router`
+    entry came later within schema 1: a record without it reads as no router recorded.)"""
     return {
         "schema": PLAN_SCHEMA,
         "usd_per_hour": plan.usd_per_hour,
         "price_note": plan.price_note,
         "variants": {str(v.name): _variant_figures(v) for v in plan.variants},
+        "router": plan.router.figures(),
     }
 
 
@@ -209,7 +230,9 @@ def read_deployed(outputs: Mapping[str, Any]) -> DeployedPlan:
                            f"schema {PLAN_SCHEMA}")
     variants = {str(name): _masked(figures) for name, figures in record["variants"].items()
                 if isinstance(figures, Mapping)}
-    return DeployedPlan(DeployedState.RECORDED, variants, float(record["usd_per_hour"]))
+    router = record.get("router")
+    return DeployedPlan(DeployedState.RECORDED, variants, float(record["usd_per_hour"]),
+                        router=_masked(router) if isinstance(router, Mapping) else None)
 
 
 def deployed_plan(read_outputs: Callable[[], Mapping[str, Any]]) -> DeployedPlan:
@@ -230,7 +253,7 @@ def build_report(stack: str, changes: Sequence[Change], summary: Mapping[str, in
     )
     counts = {k: n for k, n in summary.items() if k not in _SKIP_OPS and n}
     return PreviewReport(stack, resource_changes(changes), counts, variants, deployed,
-                         after.usd_per_hour)
+                         after.usd_per_hour, RouterDelta(deployed.router, after.router.figures()))
 
 
 FIGURES = ("format", "sized_for_percent", "gpu", "instance_type", "tensor_parallel_size", "engines",
@@ -254,6 +277,9 @@ def to_markdown(report: PreviewReport, limit: int = MARKDOWN_LIMIT) -> str:
         before, after = v.before or {}, v.after or {}
         cells = [arrow(before.get(k), after.get(k)) for k in FIGURES]
         plan.append(f"| {v.variant} | " + " | ".join(cells) + " |")
+    rows = report.router.rows()
+    plan += ["", "| | " + " | ".join(k for k, _ in rows) + " |",
+             "|---|" + "---|" * len(rows), "| router | " + " | ".join(a for _, a in rows) + " |"]
     plan += ["", f"**Cost:** ${arrow(report.usd_per_hour_before, report.usd_per_hour_after)} per hour",
              ""]
     if report.deployed.state is not DeployedState.RECORDED:

@@ -12,6 +12,7 @@ from qinfra.core.modelinfo import ModelInfo
 from qinfra.core.spec import StackSpec, Stage, Target, Variant, traffic_percent
 from qinfra.planning.engine_plan import GIB, EngineOptions, EnginePlan
 from qinfra.planning.planner import plan_engine
+from qinfra.planning.router import RouterPlan, plan_router
 
 TP_SIZES = (1, 2, 4, 8)
 # Several engine instances share one GPU only when each keeps at least half of its slice of the
@@ -70,6 +71,7 @@ class StackPlan:
     quantized_percent: int
     variants: tuple[VariantPlan, ...]
     price_note: str
+    router: RouterPlan  # the front door, in front of the variants on every target
 
     @property
     def fits(self) -> bool:
@@ -77,8 +79,10 @@ class StackPlan:
 
     @property
     def usd_per_hour(self) -> float:
-        """What the chosen fleets cost together (a variant that does not fit adds nothing)."""
-        return round(sum(v.chosen.usd_per_hour for v in self.variants if v.chosen), 4)
+        """What the stack costs per hour: the chosen fleets (a variant that does not fit adds
+        nothing) and the router machines where the target runs them (aws)."""
+        fleets = sum(v.chosen.usd_per_hour for v in self.variants if v.chosen)
+        return round(fleets + (self.router.usd_per_hour or 0.0), 4)
 
     def variant(self, name: Variant | str) -> VariantPlan:
         return next(v for v in self.variants if v.name == name)
@@ -107,6 +111,7 @@ def plan_stack(spec: StackSpec, model: ModelInfo, catalog: Catalog) -> StackPlan
         quantized_percent=spec.rollout.quantized_percent,
         variants=variants,
         price_note=f"on-demand {catalog.price_region}, prices as listed {catalog.price_date}",
+        router=plan_router(spec, catalog),
     )
 
 

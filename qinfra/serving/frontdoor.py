@@ -17,6 +17,13 @@ from types import MappingProxyType
 from qinfra.core.errors import RenderError
 from qinfra.core.spec import StackSpec, Variant
 from qinfra.core.spec_sections import IMAGE_BY_DIGEST
+from qinfra.planning.router import (  # the plan's figures are the ones the targets run
+    ROUTER_CPU,
+    ROUTER_MEMORY,
+    ROUTER_PORT,
+    ROUTER_REPLICAS,
+    served_shadow_percent,
+)
 from qinfra.serving.contexts import (
     BIN,
     PROBE_PERIOD_S,
@@ -29,9 +36,6 @@ from qinfra.serving.router.__main__ import GRACEFUL_S
 from qinfra.serving.router.config import RouterConfig, config_mapping, parse_config
 
 ROUTER_MODULE = "qinfra.serving.router"
-ROUTER_PORT = 8080  # where a router listens on its machine or in its pod
-# At least two, so a node drain, an instance refresh or one crash never leaves no front door.
-ROUTER_REPLICAS = 2
 CONFIG_DIR = "/etc/qinfra/router"
 CONFIG_FILE = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -41,11 +45,7 @@ VENV = f"{ROUTER_HOME}/venv"
 # aws: how often a machine re-reads the router's SSM parameter; a rollback is live within this
 # plus the router's own 0.2 s poll of its file.
 SYNC_PERIOD_S = 15
-# Requests of one router pod: one asyncio process passes the router's throughput aim on one
-# core (benchmarks/bench_router.py); memory is the interpreter, aiohttp and the metrics.
-ROUTER_CPU = "1"
-ROUTER_MEMORY = "512Mi"
-ROUTER_MEMORY_LIMIT = "1Gi"
+ROUTER_MEMORY_LIMIT = "1Gi"  # a router pod's limit; its requests are in planning/router.py
 # distroless/python images' nonroot user; any uid works, the router writes no file.
 ROUTER_UID = 65532
 
@@ -61,7 +61,7 @@ def router_config(spec: StackSpec, replicas: Mapping[Variant, str]) -> RouterCon
         salt=settings.salt,
         key_header=settings.key_header,
         cookie=settings.cookie,
-        shadow_percent=float(settings.shadow_percent) if traffic[Variant.QUANTIZED] > 0 else 0.0,
+        shadow_percent=served_shadow_percent(spec),
         max_in_flight=settings.max_in_flight,
         connect_timeout_s=float(settings.connect_timeout_s),
         read_timeout_s=float(settings.read_timeout_s),

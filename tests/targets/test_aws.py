@@ -308,8 +308,10 @@ def test_rollback_is_only_traffic_and_capacity() -> None:
     assert [c for c in exported if not c.startswith(".plan.")] == [
         ".stage", ".variants.baseline.weight_percent", ".variants.quantized.replicas",
         ".variants.quantized.weight_percent"]
-    # the recorded plan (what a later preview compares with): the quantized fleet sized for none
+    # the recorded plan (what a later preview compares with): the router's weights, the
+    # quantized fleet sized for none
     assert [c for c in exported if c.startswith(".plan.")] == [
+        ".plan.router.baseline_percent", ".plan.router.quantized_percent",
         ".plan.usd_per_hour", *(f".plan.variants.quantized.{k}" for k in (
             "engines", "gpus", "machines", "sized_for_percent", "usd_per_hour"))]
 

@@ -22,8 +22,8 @@ import pulumi
 import pulumi_aws as aws
 
 from qinfra.core.errors import SpecError
-from qinfra.core.hardware import catalog
 from qinfra.core.spec import StackSpec, Variant
+from qinfra.planning.router import ROUTER_INSTANCE_TYPE  # the plan prices these machines
 from qinfra.serving.contexts import generation_s
 from qinfra.serving.frontdoor import (
     ROUTER_PORT,
@@ -33,9 +33,6 @@ from qinfra.serving.frontdoor import (
     router_config,
 )
 
-# The router machines: the smallest current compute-optimised type (2 vCPUs, 4 GiB); the router
-# is one asyncio process (qinfra/serving/router/__main__.py). Price: core/data/instances.toml.
-ROUTER_INSTANCE_TYPE = "c7i.large"
 # Amazon Linux 2023 (AWS CLI v2 included; python3.11 from its AMI-locked package repository).
 ROUTER_AMI_NAME = "al2023-ami-2023.*-x86_64"
 ROUTER_ROOT_GIB = 20
@@ -55,11 +52,6 @@ def internal_ports() -> tuple[int, int]:
     """(lowest, highest) internal listener port: what the routers may reach."""
     ports = [internal_port(v) for v in Variant]
     return min(ports), max(ports)
-
-
-def router_usd_per_hour() -> float:
-    """What the router machines add per hour (instance table, on-demand)."""
-    return ROUTER_REPLICAS * catalog().cpu_instances[ROUTER_INSTANCE_TYPE].usd_per_hour
 
 
 def router_subnets(spec: StackSpec, subnet_ids: Sequence[str]) -> list[str]:
