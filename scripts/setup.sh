@@ -73,4 +73,9 @@ fi
 # The Pulumi CLI, its Python language host and the dynamic-provider launcher.
 bash scripts/install-pulumi.sh
 
+# A real Kubernetes control plane for the kubernetes target's tests (scripts/kube-local.sh runs it):
+# etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok, built once from the Go
+# module proxy into .tools/kube (15-30 minutes on two cores with empty Go caches).
+bash scripts/install-kube.sh
+
 echo "==> ready: $(.venv/bin/qinfra --version)"

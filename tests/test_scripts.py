@@ -12,7 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-GO_MODULES = sorted(mod.parent for mod in SCRIPTS.rglob("go.mod"))
+# Modules with Go sources; the tool-only wrappers of scripts/kube-build (kubernetes, kwok:
+# `tool` lines, no package of their own) have nothing to vet, and install-kube.sh builds them
+# with -mod=readonly, which fails on an incomplete go.sum.
+GO_MODULES = sorted(mod.parent for mod in SCRIPTS.rglob("go.mod") if any(mod.parent.glob("*.go")))
 SHELL_SCRIPTS = [*sorted(SCRIPTS.glob("*.sh")), SCRIPTS / "pulumi-resource-pulumi-python"]
 # A cold module cache downloads the Pulumi SDK's dependency tree from the Go module proxy.
 GO_TIMEOUT_S = 900
@@ -32,7 +35,7 @@ def _go_env() -> dict[str, str]:
 
 
 def test_go_modules_are_found() -> None:
-    assert [m.name for m in GO_MODULES] == ["pulumi-language-python"]
+    assert [m.name for m in GO_MODULES] == ["etcd", "pulumi-language-python"]
 
 
 @pytest.mark.parametrize("module", GO_MODULES, ids=lambda m: m.name)
