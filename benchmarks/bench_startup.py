@@ -1,4 +1,5 @@
-"""CLI start-up: `qinfra --help`, `qinfra plan --help` and ad-hoc plans against `python -c pass`.
+"""CLI start-up: `qinfra --help` (as printed by the entry point, and as click renders it),
+`qinfra plan --help` and ad-hoc plans against `python -c pass`.
 
 Run: .venv/bin/python benchmarks/bench_startup.py [--runs N]
 Prints the median wall time of each command and its ratio to the interpreter's bare start-up,
@@ -26,6 +27,9 @@ def main() -> None:
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "qinfra --help": [*qinfra, "--help"],
+        # the same page rendered by click (the entry point's path before it printed it itself)
+        "qinfra --help via click": [sys.executable, "-c", "import sys\nfrom qinfra.cli.root "
+                                    "import cli\ncli(sys.argv[1:], prog_name='qinfra')", "--help"],
         "qinfra plan --help": [*qinfra, "plan", "--help"],
         "qinfra plan (ad-hoc, --json)": [*qinfra, "plan", "--model", str(MODEL), "--format", "awq",
                                          "--gpu", "l4", "--max-model-len", "8192", "--json"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,8 +12,17 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from qinfra.artifacts.hashcache import FileStamp, HashCache
+from qinfra.artifacts.hashing import HashingReader
 from qinfra.artifacts.progress import ProgressFn
-from qinfra.artifacts.stores import READ_BUFFER_BYTES, StoredObject, Upload, checked_store_uri
+from qinfra.artifacts.stores import (
+    READ_BUFFER_BYTES,
+    Move,
+    Staging,
+    StoredObject,
+    Upload,
+    checked_store_uri,
+)
+from qinfra.core.artifact_uri import is_artifact_id
 from qinfra.core.errors import ArtifactError
 from qinfra.core.fileio import open_atomic
 
@@ -84,6 +94,54 @@ class FileStore:
                     "To fix: stop whatever writes it and push again"
                 )
 
+    def stage(self, items: Sequence[Staging], progress: ProgressFn) -> list[str]:
+        """Copy each file to its staging path while hashing it: one read of each byte."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda item: self._stage_one(item, progress), items))
+
+    def _stage_one(self, item: Staging, progress: ProgressFn) -> str:
+        reader = HashingReader(item.path, item.size)
+        try:
+            with self._writing(self.root / item.key, None) as out:
+                while chunk := reader.read(READ_BUFFER_BYTES):
+                    out.write(chunk)
+                    progress(len(chunk))
+        finally:
+            reader.close()
+        return reader.hexdigest()
+
+    def publish(self, moves: Sequence[Move], progress: ProgressFn) -> None:
+        """Rename each staged file into place (same filesystem: nothing is copied); the digest
+        it was written with is remembered for its final identity."""
+        for move in moves:
+            src, dest = self.root / move.staged_key, self.root / move.key
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+                stamp = FileStamp.of(dest.stat())
+            except OSError as exc:
+                raise ArtifactError(
+                    f"cannot move {src} to {dest}: {exc.strerror}. To fix: push again"
+                ) from None
+            if stamp.size != move.size:
+                raise ArtifactError(f"{dest} holds {stamp.size} bytes after its move, expected "
+                                    f"{move.size}. To fix: push again")
+            self.cache.record(dest, stamp, move.sha256, written_here=True)
+            progress(move.size)
+
+    def discard(self, keys: Sequence[str]) -> None:
+        """Delete the files, then their folders as they empty (up to the store's root)."""
+        for key in keys:
+            path = self.root / key
+            path.unlink(missing_ok=True)
+            for parent in path.parents:
+                if parent == self.root or self.root not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or gone): its other files are someone else's
+                    break
+
     def read(self, key: str) -> bytes | None:
         try:
             return (self.root / key).read_bytes()
@@ -110,10 +168,18 @@ class FileStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
+    def held_files(self) -> set[tuple[str, int]]:
+        held: set[tuple[str, int]] = set()
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            if folder.is_dir() and is_artifact_id(folder.name):
+                held.update((f.relative_to(folder).as_posix(), f.stat().st_size)
+                            for f in folder.rglob("*") if f.is_file())
+        return held
+
     @contextlib.contextmanager
-    def _writing(self, dest: Path, sha256: str) -> Iterator[BinaryIO]:
+    def _writing(self, dest: Path, sha256: str | None) -> Iterator[BinaryIO]:
         """A file object for `dest` that only appears there, complete and synced, on success;
-        then `sha256` (what the caller wrote) is remembered for the file's new identity."""
+        then `sha256` (what the caller wrote), if given, is remembered for its new identity."""
         with contextlib.ExitStack() as stack:
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +189,8 @@ class FileStore:
                     f"cannot write {dest}: {exc.strerror}. To fix: choose a writable store"
                 ) from None
             yield out
-        self.cache.record(dest, FileStamp.of(dest.stat()), sha256, written_here=True)
+        if sha256 is not None:
+            self.cache.record(dest, FileStamp.of(dest.stat()), sha256, written_here=True)
 
 
 def _hash_file(path: Path, progress: ProgressFn) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from qinfra.artifacts.hashcache import FileStamp, HashCache
 from qinfra.artifacts.manifest import FileEntry
@@ -50,24 +51,44 @@ class Hasher:
         self._memo: dict[FileStamp, str] = {}
         self._lock = threading.Lock()
 
-    def hash_files(self, files: Sequence[SourceFile], progress: Progress) -> list[HashedFile]:
-        stamps = [FileStamp.of(stat_source(f.source)) for f in files]
-        todo: dict[FileStamp, Path] = {}
+    def unknown(self, files: Sequence[SourceFile]) -> dict[FileStamp, SourceFile]:
+        """The files (one per identity) whose digest neither this hasher nor the cache knows:
+        what a push must read. Reads no file."""
+        return self._unknown(files, [FileStamp.of(stat_source(f.source)) for f in files])
+
+    def _unknown(self, files: Sequence[SourceFile],
+                 stamps: list[FileStamp]) -> dict[FileStamp, SourceFile]:
+        todo: dict[FileStamp, SourceFile] = {}
         for f, s in zip(files, stamps, strict=True):
             if s in self._memo or s in todo:
                 continue
             if self.cache and (known := self.cache.lookup(f.source, s)):
                 self._memo[s] = known
             else:
-                todo[s] = f.source
+                todo[s] = f
+        return todo
+
+    def remember(self, path: Path, stamp: FileStamp, digest: str, read: int) -> None:
+        """A digest computed elsewhere (while the file was uploaded), for a file read whole
+        under `stamp`: kept like one hashed here, so later pushes need not read it again."""
+        with self._lock:
+            self._memo[stamp] = digest
+            self.hashed_bytes += read
+        if self.cache:
+            self.cache.record(path, stamp, digest)
+
+    def hash_files(self, files: Sequence[SourceFile], progress: Progress) -> list[HashedFile]:
+        stamps = [FileStamp.of(stat_source(f.source)) for f in files]
+        todo = self._unknown(files, stamps)
         if todo:
             report = progress.start("hashing", sum(s.size for s in todo))
             with ThreadPoolExecutor(self.workers) as pool:
-                digests = pool.map(lambda item: self._hash(item[1], item[0], report), todo.items())
-                for (stamp, path), digest in zip(todo.items(), digests, strict=True):
+                digests = pool.map(lambda item: self._hash(item[1].source, item[0], report),
+                                   todo.items())
+                for (stamp, f), digest in zip(todo.items(), digests, strict=True):
                     self._memo[stamp] = digest
                     if self.cache:
-                        self.cache.record(path, stamp, digest)
+                        self.cache.record(f.source, stamp, digest)
             if self.cache:
                 self.cache.save()
         return self._results(files, stamps)
@@ -100,6 +121,54 @@ class Hasher:
         with self._lock:
             self.hashed_bytes += read
         return digest.hexdigest()
+
+
+class HashingReader:
+    """The first `size` bytes of a file (its size when stamped: a file that keeps growing does
+    not keep a copy going) as a read-only stream that hashes what it hands out, so the digest is
+    of exactly the bytes written elsewhere. Opens on the first read, closes at the end."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.read_bytes = 0
+        self._digest = hashlib.sha256()
+        self._file: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, amount: int | None = -1) -> bytes:
+        left = self.size - self.read_bytes
+        want = left if amount is None or amount < 0 else min(amount, left)
+        if want <= 0:
+            self.close()
+            return b""
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 -- closed at the end or by close()
+        data = self._file.read(want)
+        self._digest.update(data)
+        self.read_bytes += len(data)
+        if not data:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def hexdigest(self) -> str:
+        """The sha256 of the whole file as stamped; ArtifactError when it ended early."""
+        if self.read_bytes != self.size:
+            raise ArtifactError(
+                f"{self.path} changed while it was being sent: {self.read_bytes} of {self.size} "
+                "bytes read. To fix: wait for whatever writes it to finish, then push again"
+            )
+        return self._digest.hexdigest()
 
 
 def stat_source(path: Path) -> os.stat_result:

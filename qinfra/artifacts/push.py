@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+import uuid
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,11 +18,15 @@ from qinfra.artifacts.fetch import (
     quantize_baseline,
 )
 from qinfra.artifacts.hashcache import FileStamp
-from qinfra.artifacts.hashing import Hasher, stat_source
+from qinfra.artifacts.hashing import HashedFile, Hasher, SourceFile, stat_source
 from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
 from qinfra.artifacts.stores import (
+    STAGING_DIR,
     STAT_THREADS,
+    Move,
+    Staging,
+    StagingStore,
     Store,
     StoredObject,
     TransferSettings,
@@ -90,16 +96,68 @@ def push(
     progress: Progress = NO_PROGRESS,
     expect: Pin | None = None,
 ) -> PushResult:
-    """Hash, upload what the store lacks or holds wrongly, verify it, write manifest.json last.
+    """Upload what the store lacks or holds wrongly, verify it, write manifest.json last.
 
-    An interrupted push leaves no manifest, and the next push skips every object already there
-    with the right size and sha256, so it resumes. What the store reports for an object is
-    checked against the source, so a corrupted object is sent again rather than trusted.
-    With `expect`, nothing is sent unless the source makes exactly the pinned artifact.
-    Raises ArtifactError on any mismatch.
+    On a StagingStore (file://), a file the store cannot hold yet (no object of its path and size
+    under any artifact id) is hashed while it is written, each byte read once: to a staging key,
+    renamed under the artifact's id once every digest, and so the id, is known. Any other file
+    (all of them on S3) is hashed first, or known by the hash cache, and sent only when the
+    store lacks it or holds it wrongly, so a push resumes. Nothing appears under the id before
+    every file is whole and checked, and the manifest last: an interrupted push leaves no
+    manifest (and at most staging garbage). With `expect`, everything is hashed first and nothing
+    is sent unless the source makes exactly the pinned artifact. Raises ArtifactError on any
+    mismatch.
     """
     hasher = hasher or Hasher()
-    hashed = hasher.hash_files(fetched.files, progress)
+    staged = (_stage_new(fetched.files, store, hasher, progress)
+              if expect is None and isinstance(store, StagingStore) else {})
+    try:
+        return _complete(fetched, store, recipe, hasher, progress, expect, staged)
+    finally:
+        if staged:  # what was not published (a duplicate, or all of it after a failure)
+            assert isinstance(store, StagingStore)
+            with contextlib.suppress(ArtifactError):  # garbage at worst, never the artifact
+                store.discard([key for key, _ in staged.values()])
+
+
+def _stage_new(files: Sequence[SourceFile], store: StagingStore, hasher: Hasher,
+               progress: Progress) -> dict[FileStamp, tuple[str, int]]:
+    """Send the files that neither the hasher knows nor the store can hold to staging keys,
+    hashing them on the way; their digests go to the hasher (and its cache).
+    {stamp: (staging key, bytes sent)}."""
+    unknown = hasher.unknown(files)
+    if not unknown:
+        return {}
+    store.check()
+    held = store.held_files()
+    new = {stamp: f for stamp, f in unknown.items() if (f.path, stamp.size) not in held}
+    if not new:
+        return {}
+    folder = f"{STAGING_DIR}/{uuid.uuid4().hex}"
+    keys = {stamp: f"{folder}/{i}" for i, stamp in enumerate(new)}
+    report = progress.start("uploading", sum(stamp.size for stamp in new))
+    try:
+        digests = store.stage([Staging(f.source, keys[s], s.size) for s, f in new.items()], report)
+        for (stamp, f), digest in zip(new.items(), digests, strict=True):
+            if FileStamp.of(stat_source(f.source)) != stamp:
+                raise ArtifactError(f"{f.source} changed while it was being sent. To fix: wait "
+                                    "for whatever writes it to finish, then push again")
+            hasher.remember(f.source, stamp, digest, stamp.size)
+    except BaseException:
+        with contextlib.suppress(ArtifactError):
+            store.discard(list(keys.values()))
+        raise
+    if hasher.cache:
+        hasher.cache.save()
+    return {stamp: (keys[stamp], stamp.size) for stamp in new}
+
+
+def _complete(fetched: Fetched, store: Store, recipe: QuantizeRecipe | None, hasher: Hasher,
+              progress: Progress, expect: Pin | None,
+              staged: dict[FileStamp, tuple[str, int]]) -> PushResult:
+    """The rest of a push once staged files are hashed: the manifest, what the store lacks
+    (published from staging, or uploaded), verification, manifest.json last."""
+    hashed = hasher.hash_files(fetched.files, progress)  # reads only what is neither staged nor known
     manifest = Manifest(tuple(h.entry for h in hashed), recipe)
     aid = manifest.artifact_id
     if expect is not None:
@@ -109,29 +167,43 @@ def push(
         present: list[StoredObject | None] = list(
             pool.map(store.stat, [f"{aid}/{h.entry.path}" for h in hashed])
         )
-    todo = [
-        h
-        for h, obj in zip(hashed, present, strict=True)
-        if not sha256_matches(obj, h.entry.size, h.entry.sha256)
-    ]
-    uploaded = sum(h.entry.size for h in todo)
-    if todo:
-        store.upload(
-            [Upload(h.source, f"{aid}/{h.entry.path}", h.entry.size, h.entry.sha256) for h in todo],
-            progress.start("uploading", uploaded),
-        )
+    todo = [h for h, obj in zip(hashed, present, strict=True)
+            if not sha256_matches(obj, h.entry.size, h.entry.sha256)]
+    moves: list[Move] = []
+    uploads: list[HashedFile] = []
+    unused = {stamp: key for stamp, (key, _) in staged.items()}
     for h in todo:
-        if FileStamp.of(stat_source(h.source)) != h.stamp:
-            raise ArtifactError(
-                f"{h.source} changed during the push; {artifact_uri(store.uri, aid)} was left "
-                "without a manifest. To fix: wait for whatever writes it, then push again"
-            )
+        if (key := unused.pop(h.stamp, None)) is not None:
+            moves.append(Move(key, f"{aid}/{h.entry.path}", h.entry.size, h.entry.sha256))
+        else:
+            uploads.append(h)
+    if moves:
+        assert isinstance(store, StagingStore)  # only a StagingStore has staged files
+        store.publish(moves, progress.start("publishing", sum(m.size for m in moves)))
+    _upload(store, aid, uploads, progress)
     data = manifest.to_bytes()
     if store.read(f"{aid}/{MANIFEST_NAME}") != data:
         store.write(f"{aid}/{MANIFEST_NAME}", data)
     if hasher.cache:
         hasher.cache.save()
-    return PushResult(artifact_uri(store.uri, aid), manifest, uploaded, len(hashed) - len(todo))
+    sent = sum(size for _, size in staged.values()) + sum(h.entry.size for h in uploads)
+    return PushResult(artifact_uri(store.uri, aid), manifest, sent, len(hashed) - len(todo))
+
+
+def _upload(store: Store, aid: str, uploads: list[HashedFile], progress: Progress) -> None:
+    """Send files hashed before the push, then check that none changed since its hash."""
+    if not uploads:
+        return
+    store.upload(
+        [Upload(h.source, f"{aid}/{h.entry.path}", h.entry.size, h.entry.sha256) for h in uploads],
+        progress.start("uploading", sum(h.entry.size for h in uploads)),
+    )
+    for h in uploads:
+        if FileStamp.of(stat_source(h.source)) != h.stamp:
+            raise ArtifactError(
+                f"{h.source} changed during the push; {artifact_uri(store.uri, aid)} was left "
+                "without a manifest. To fix: wait for whatever writes it, then push again"
+            )
 
 
 def push_stack(

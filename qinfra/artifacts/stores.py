@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from qinfra.artifacts.progress import ProgressFn
 from qinfra.core.artifact_uri import STORE_URI_SHAPE, StoreScheme, parse_store_uri
@@ -22,6 +22,10 @@ MIB = 1024 * 1024
 READ_BUFFER_BYTES = 4 * MIB
 # Parallel stat (HEAD) requests when checking which objects a store already holds.
 STAT_THREADS = 8
+# Where a first push to a StagingStore sends files while it hashes them, before their artifact id
+# is known: one folder per push. Not an artifact id, so `artifacts ls` and verify never see it;
+# what a killed process leaves there is garbage that no artifact refers to.
+STAGING_DIR = ".staging"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,26 @@ class Upload:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Staging:
+    """One local file to send to the staging key `key`, reading exactly `size` bytes (its size
+    when it was stamped) and hashing them as they are sent."""
+
+    path: Path
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """A staged object to publish at `key`, with the size and sha256 it was sent with."""
+
+    staged_key: str
+    key: str
+    size: int
+    sha256: str
+
+
 class Store(Protocol):
     """What the push, verify and list code needs from a store; keys are relative to `uri`."""
 
@@ -90,6 +114,33 @@ class Store(Protocol):
 
     def list_dirs(self) -> list[str]:
         """Names of the top-level folders (prefixes) under the store."""
+
+
+@runtime_checkable
+class StagingStore(Store, Protocol):
+    """A store that publishes a staged file without moving its bytes again (a rename), so a
+    first push hashes each file while it sends it: one read of each byte, no hashing pass first.
+
+    S3 is not one: publishing there is a server-side copy, which on moto cost about 4x what
+    hashing first does (benchmarks/RESULTS.md), so an S3 push hashes, then uploads to the final
+    keys.
+    """
+
+    def held_files(self) -> set[tuple[str, int]]:
+        """(path inside its artifact, size) of every object under any artifact id: what the
+        store may already hold of a push's files (one listing, no object read)."""
+
+    def stage(self, items: Sequence[Staging], progress: ProgressFn) -> list[str]:
+        """Write every file to its staging key, reading each byte once and hashing what is
+        written; the sha256 (hex) of each, in order. ArtifactError when a file is shorter than
+        its size."""
+
+    def publish(self, moves: Sequence[Move], progress: ProgressFn) -> None:
+        """Put each staged object at its key without copying it, checking its size; the digest
+        it was written with then stands for what the key holds. ArtifactError if not."""
+
+    def discard(self, keys: Sequence[str]) -> None:
+        """Delete these keys where present (staged objects after a push, or after a failure)."""
 
 
 def checked_store_uri(uri: str) -> str:

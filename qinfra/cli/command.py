@@ -7,13 +7,12 @@ on its own (as tests and the lazy command groups do).
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import click
 import click.formatting
 
+from qinfra.cli.helptext import help_width
 from qinfra.core.errors import QinfraError
 
 
@@ -25,29 +24,13 @@ class UserError(click.ClickException):
         self.exit_code = exit_code
 
 
-def terminal_columns() -> int:
-    """The terminal's width as shutil.get_terminal_size() gives it ($COLUMNS, else stdout's
-    terminal, else 80), without importing shutil (and with it zlib, bz2, lzma) for every --help."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns > 0:
-        return columns
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
 class Context(click.Context):
-    """click's context with the help width measured by terminal_columns()."""
+    """click's context with the help width measured by qinfra.cli.helptext (no shutil)."""
 
     def make_formatter(self) -> click.HelpFormatter:
         width = self.terminal_width
         if width is None and click.formatting.FORCED_WIDTH is None:  # CliRunner forces a width
-            # click.formatting.HelpFormatter's own rule, with shutil's columns
-            width = max(min(terminal_columns(), self.max_content_width or 80) - 2, 50)
+            width = help_width(self.max_content_width)  # HelpFormatter's own rule
         return self.formatter_class(width=width, max_width=self.max_content_width)
 
 

@@ -1,29 +1,48 @@
-"""The `qinfra` command line: the root group, which imports a command's module only when it runs.
+"""The `qinfra` entry point: the root help page from plain data, every other command through click.
 
-`qinfra --help` lists every command from the summaries below without importing any of them, so
-it costs little more than importing click (tests/test_cli_startup.py checks each summary against
-its command's help).
+`qinfra`, `qinfra -h` and `qinfra --help` print the root page without importing click or any
+command (qinfra.cli.helptext lays it out as click does; tests/test_cli_startup.py compares the two
+byte for byte and checks each summary below against its command's help). Everything else goes to
+the click group in qinfra.cli.root, which imports a command's module only when it runs.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import os
+import sys
 
-import click
+# typing.TYPE_CHECKING without importing typing (type checkers take any TYPE_CHECKING as true):
+# they see `cli` here, while at run time __getattr__ below imports it on first use.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qinfra.cli.root import cli as cli
 
-from qinfra import __version__
-from qinfra.cli.command import Group, UserError
-from qinfra.core.errors import QinfraError
 
-
-class LazyCommand(NamedTuple):
+class LazyCommand:
     """Where a command lives, and the first paragraph of its help for the root's listing (a
-    NamedTuple: dataclasses is one import more than `qinfra --help` needs)."""
+    plain class: NamedTuple or dataclasses would import typing for every `qinfra --help`)."""
 
-    module: str
-    attr: str
-    summary: str
+    __slots__ = ("attr", "module", "summary")
 
+    def __init__(self, module: str, attr: str, summary: str) -> None:
+        self.module = module
+        self.attr = attr
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"LazyCommand({self.module!r}, {self.attr!r})"
+
+
+ROOT_HELP = """Deploy an LLM as a 16-bit baseline and a quantized variant, sized by a GPU-memory planner.
+
+The stack file stacks/Pulumi.<stack>.yaml is the single source of truth; `qinfra plan`
+shows what it costs in GPUs and money before anything is provisioned."""
+
+DEBUG_HELP = "Show tracebacks for unexpected errors."
+
+# The root's options as click lists them (--version and --help carry click's own wording).
+ROOT_OPTIONS = [("--version", "Show the version and exit."), ("--debug", DEBUG_HELP),
+                ("-h, --help", "Show this message and exit.")]
 
 _STACK = "qinfra.cli.stack"
 _OBSERVE = "qinfra.cli.observe"
@@ -50,7 +69,9 @@ COMMANDS: dict[str, LazyCommand] = {
                                               "GPUs, memory and cost before -> after."),
     "render": LazyCommand("qinfra.cli.render", "render", "Write what the stack's target runs: launch "
                           "scripts (local), cloud-init user-data (aws) or manifests (kubernetes), "
-                          "one folder per variant."),
+                          "one folder per variant; or, with --what scrape-config, the router's "
+                          "Prometheus scrape job (EC2 discovery on aws, pod discovery on "
+                          "kubernetes)."),
     "rollback": LazyCommand(_STACK, "rollback", "Send all traffic back to the baseline: rewrite the "
                                                 "stack file, preview, apply."),
     "rollout": LazyCommand(_STACK, "rollout", "Move the quantized variant's traffic share: rewrite "
@@ -64,55 +85,51 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
-class _Group(Group):
-    """The `qinfra` group: commands imported when named (click's lazy-group pattern); tracebacks
-    only with --debug, every other failure one `Error:` line and an exit code (see
-    qinfra.cli.command)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *COMMANDS})
+def root_help(prog: str, width: int) -> str:
+    """The root help page exactly as click renders the group's (without its trailing newline)."""
+    from qinfra.cli.helptext import group_help
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        lazy = COMMANDS.get(name)
-        if lazy is None:
-            return super().get_command(ctx, name)
-        import importlib
-
-        command = getattr(importlib.import_module(lazy.module), lazy.attr)
-        assert isinstance(command, click.Command), lazy
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """click's listing, with a stand-in per lazy command so that none is imported; click
-        shortens a stand-in's help exactly as it shortens the command's own."""
-        stand_ins = {name: click.Command(name, help=lazy.summary) for name, lazy in COMMANDS.items()}
-        group = click.Group(self.name, commands={**stand_ins, **self.commands})
-        group.format_commands(ctx, formatter)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)  # Group.invoke: a QinfraError is a UserError by now
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
-            raise
-        except Exception as exc:
-            if ctx.find_root().params.get("debug"):
-                raise
-            raise UserError(f"{type(exc).__name__}: {exc} (run with --debug for a traceback)",
-                            QinfraError.exit_code) from exc
+    commands = {name: lazy.summary for name, lazy in COMMANDS.items()}
+    return group_help(prog, ROOT_HELP, ROOT_OPTIONS, commands, width)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="qinfra")
-@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
-def cli(debug: bool) -> None:
-    """Deploy an LLM as a 16-bit baseline and a quantized variant, sized by a GPU-memory planner.
+def _completing() -> bool:
+    """Whether a shell is asking click for completions (`_<PROG>_COMPLETE` is set)."""
+    return any(key.startswith("_") and key.endswith("_COMPLETE") for key in os.environ)
 
-    The stack file stacks/Pulumi.<stack>.yaml is the single source of truth; `qinfra plan`
-    shows what it costs in GPUs and money before anything is provisioned.
-    """
+
+def _print_root_help(args: list[str]) -> None:
+    """Print the root page as click would and exit: on stdout with 0 for -h/--help, on stderr
+    with 2 (a usage error) when no arguments were given."""
+    from qinfra.cli.helptext import help_width, program_name
+
+    stream = sys.stdout if args else sys.stderr
+    try:
+        stream.write(root_help(program_name(), help_width()) + "\n")
+        stream.flush()
+    except BrokenPipeError:  # `qinfra --help | head`: click exits 1 quietly too
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- keeps interpreter shutdown quiet
+        sys.exit(1)
+    sys.exit(0 if args else 2)
+
+
+def __getattr__(name: str) -> object:
+    """`cli`, the click group, imported from qinfra.cli.root on first use (PEP 562)."""
+    if name == "cli":
+        from qinfra.cli.root import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
+    """The console script: the root page printed here (no click import), the rest by click."""
+    args = sys.argv[1:]
+    if args in ([], ["--help"], ["-h"]) and not _completing():
+        _print_root_help(args)
+    from qinfra.cli.root import cli
+
     cli()
 
 

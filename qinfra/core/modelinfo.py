@@ -202,22 +202,25 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _from_gguf(path: Path) -> ModelInfo:
-    """A GGUF file carries the same facts as metadata under `<arch>.*` keys."""
-    from gguf import GGUFReader
+    """A GGUF file carries the same facts as metadata under `<arch>.*` keys; only its header is
+    read (qinfra.core.ggufheader), so a multi-gigabyte file plans as fast as a config.json."""
+    from qinfra.core.ggufheader import GgufArray, read_header
 
-    reader = GGUFReader(str(path))
+    header = read_header(path)
 
     def value(key: str) -> Any:
-        fld = reader.fields.get(key)
-        return None if fld is None else fld.contents()
+        found = header.metadata.get(key)
+        if isinstance(found, GgufArray):
+            raise ModelInfoError(f"{path}: '{key}' is a per-layer array; qinfra plans models "
+                                 "whose layers all share one shape")
+        return found
 
     arch = value("general.architecture")
     if not arch:
         raise ModelInfoError(f"{path}: not a GGUF model (no general.architecture)")
-    tokens = value("tokenizer.ggml.tokens") or []
+    tokens = header.metadata.get("tokenizer.ggml.tokens")
     heads = int(value(f"{arch}.attention.head_count"))
     hidden = int(value(f"{arch}.embedding_length"))
-    has_output = any(t.name == "output.weight" for t in reader.tensors)
     return ModelInfo(
         name=str(path),
         model_type=str(arch),
@@ -227,9 +230,10 @@ def _from_gguf(path: Path) -> ModelInfo:
         num_kv_heads=int(value(f"{arch}.attention.head_count_kv") or heads),
         head_dim=int(value(f"{arch}.attention.key_length") or hidden // heads),
         intermediate_size=int(value(f"{arch}.feed_forward_length")),
-        vocab_size=int(value(f"{arch}.vocab_size") or len(tokens)),
+        vocab_size=int(value(f"{arch}.vocab_size")
+                       or (tokens.count if isinstance(tokens, GgufArray) else 0)),
         max_position_embeddings=int(value(f"{arch}.context_length") or 2048),
-        tie_word_embeddings=not has_output,
+        tie_word_embeddings="output.weight" not in header.tensor_names,
         torch_dtype="float16",
     )
 
