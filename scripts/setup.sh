@@ -75,7 +75,10 @@ bash scripts/install-pulumi.sh
 
 # A real Kubernetes control plane for the kubernetes target's tests (scripts/kube-local.sh runs it):
 # etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok, built once from the Go
-# module proxy into .tools/kube (15-30 minutes on two cores with empty Go caches).
+# module proxy into .tools/kube (15-30 minutes on two cores with empty Go caches); then the Pulumi
+# Kubernetes provider plugin (stamped with the .venv SDK's version) and the Gateway API CRDs
+# (about 15-30 minutes more, cold). Both reuse what is there; seconds with warm Go caches.
 bash scripts/install-kube.sh
+bash scripts/install-kube-provider.sh
 
 echo "==> ready: $(.venv/bin/qinfra --version)"
