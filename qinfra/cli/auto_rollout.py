@@ -217,7 +217,7 @@ class AutoRollout:
             end = start + analysis.interval_s
             wait_until(end + min(analysis.scrape_interval_s, analysis.interval_s) + _READ_SLACK_S)
             window = analyse(analysis, url, shadowing, analysis_id, len(windows), percent,
-                             start, end)
+                             start, end, stack=spec.name)
             save_window(folder, window.to_json())
             windows.append(window)
             self.say(f"  {percent}% window {window.index}: {window.verdict.value}"

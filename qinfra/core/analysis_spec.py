@@ -104,8 +104,9 @@ class AnalysisSpec(_Model):
     prometheus_url: str | None = Field(None, description="Prometheus HTTP API holding the "
                                        "router's metrics; target local: default the stack's own "
                                        "Prometheus on qinfra:serving.port + 3.")
-    scrape_interval_s: Number = Field(5.0, ge=0.5, le=300, description="target local: how often "
-                                      "its Prometheus scrapes the router.")
+    scrape_interval_s: Number = Field(5.0, ge=0.5, le=300, description="How often Prometheus "
+                                      "scrapes the router: the local target's own, and the job "
+                                      "`qinfra render --what scrape-config` writes.")
     initial_delay_s: Number = Field(30.0, ge=0, le=86_400, description="Seconds after a step's "
                                     "apply before its first window starts.")
     interval_s: Number = Field(60.0, ge=1, le=86_400, description="Length of one analysis window.")
@@ -128,6 +129,9 @@ class AnalysisSpec(_Model):
         return v.rstrip("/") if v else v
 
 
+# The label every scrape job qinfra renders or runs puts on the router's series, naming the stack;
+# the analysis' queries match on it (qinfra/serving/scrape.py says why).
+QINFRA_STACK_LABEL = "qinfra_stack"
 DEFAULT_STEPS = (5, 25, 50, 100)  # Argo's docs walk 20/40/60/80; a 5% canary first is Flagger's
 
 
@@ -144,4 +148,4 @@ def valid_steps(steps: list[int]) -> list[int]:
     return steps
 
 
-__all__ = ["DEFAULT_STEPS", "AnalysisSpec", "Check", "ChecksSpec", "valid_steps"]
+__all__ = ["DEFAULT_STEPS", "QINFRA_STACK_LABEL", "AnalysisSpec", "Check", "ChecksSpec", "valid_steps"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from qinfra.core.analysis_spec import AnalysisSpec
+from qinfra.core.analysis_spec import QINFRA_STACK_LABEL, AnalysisSpec
 from qinfra.core.spec import Variant
 from qinfra.quality.analysis_stats import (
     CheckResult,
@@ -45,9 +45,16 @@ def _count(expr: str) -> str:
     return f"sum({expr}) or vector(0)"
 
 
-def variant_queries(variant: Variant, window_s: float) -> dict[str, str]:
-    """PromQL per `Figures` field for one variant over the window ending at the query time."""
-    w, v = _window(window_s), f'variant="{variant.value}"'
+def _stack(stack: str | None) -> str:
+    """The matcher on the label every qinfra scrape job sets (qinfra/serving/scrape.py), so a
+    Prometheus scraping several stacks, or one router twice, gives one stack's series once."""
+    return "" if stack is None else f'{QINFRA_STACK_LABEL}="{stack}"'
+
+
+def variant_queries(variant: Variant, window_s: float, stack: str | None = None) -> dict[str, str]:
+    """PromQL per `Figures` field for one variant over the window ending at the query time
+    (`stack`: that stack's series only)."""
+    w, v = _window(window_s), ",".join(filter(None, (f'variant="{variant.value}"', _stack(stack))))
 
     def inc(name: str, extra: str = "") -> str:
         return _count(f"increase({PREFIX}{name}{{{v}{extra}}}[{w}])")
@@ -68,15 +75,20 @@ def variant_queries(variant: Variant, window_s: float) -> dict[str, str]:
     }
 
 
-def shadow_queries(window_s: float) -> dict[str, str]:
-    w = _window(window_s)
+def shadow_queries(window_s: float, stack: str | None = None) -> dict[str, str]:
+    w, s = _window(window_s), _stack(stack)
+    compared = ",".join(filter(None, ('outcome="compared"', s)))
+
+    def inc(name: str, matchers: str = s) -> str:
+        return _count(f"increase({PREFIX}{name}{{{matchers}}}[{w}])")
+
     return {
-        "compared": _count(f'increase({PREFIX}shadow_requests_total{{outcome="compared"}}[{w}])'),
-        "exact": _count(f"increase({PREFIX}shadow_exact_match_total[{w}])"),
-        "prefix_sum": _count(f"increase({PREFIX}shadow_common_prefix_fraction_sum[{w}])"),
-        "prefix_count": _count(f"increase({PREFIX}shadow_common_prefix_fraction_count[{w}])"),
-        "similarity_sum": _count(f"increase({PREFIX}shadow_similarity_sum[{w}])"),
-        "similarity_count": _count(f"increase({PREFIX}shadow_similarity_count[{w}])"),
+        "compared": inc("shadow_requests_total", compared),
+        "exact": inc("shadow_exact_match_total"),
+        "prefix_sum": inc("shadow_common_prefix_fraction_sum"),
+        "prefix_count": inc("shadow_common_prefix_fraction_count"),
+        "similarity_sum": inc("shadow_similarity_sum"),
+        "similarity_count": inc("shadow_similarity_count"),
     }
 
 
@@ -127,25 +139,25 @@ class Window:
                 "verdict": self.verdict.value, "error": self.error}
 
 
-def read_window(base_url: str, window_s: float, at: float
+def read_window(base_url: str, window_s: float, at: float, stack: str | None = None
                 ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float | None]]]:
     """Every query of the window ending at `at`, and its raw value (MetricsReadError if any
     query cannot be read)."""
-    queries = {v.value: variant_queries(v, window_s) for v in Variant}
-    queries["shadow"] = shadow_queries(window_s)
+    queries = {v.value: variant_queries(v, window_s, stack) for v in Variant}
+    queries["shadow"] = shadow_queries(window_s, stack)
     values = {group: {name: query(base_url, q, at) for name, q in qs.items()}
               for group, qs in queries.items()}
     return queries, values
 
 
 def analyse(spec: AnalysisSpec, base_url: str, shadowing: bool, analysis_id: str, index: int,
-            step_percent: int, start: float, end: float) -> Window:
-    """Read and judge the window [start, end] (wall-clock seconds): a read failure makes an
-    ERROR window that keeps the queries it meant to run."""
+            step_percent: int, start: float, end: float, stack: str | None = None) -> Window:
+    """Read and judge the window [start, end] (wall-clock seconds) from `stack`'s series: a
+    read failure makes an ERROR window that keeps the queries it meant to run."""
     try:
-        queries, values = read_window(base_url, end - start, end)
+        queries, values = read_window(base_url, end - start, end, stack)
     except MetricsReadError as exc:
-        queries = {v.value: variant_queries(v, end - start) for v in Variant}
+        queries = {v.value: variant_queries(v, end - start, stack) for v in Variant}
         return Window(analysis_id, index, step_percent, start, end, base_url, queries, {}, [],
                       Verdict.ERROR, str(exc))
     names = {f.name for f in fields(Figures)}

@@ -54,6 +54,7 @@ PROBE_PERIOD_S = 10
 WARMUP_REQUEST_S = 60
 WARMUP_PROMPT = "Say hello."
 WARMUP_MAX_TOKENS = 4
+METRICS_PATH = "/metrics"  # where the router serves its Prometheus metrics (router/app.py)
 
 
 # --- contexts ------------------------------------------------------------------------------------
@@ -243,6 +244,8 @@ class RouterKubeContext:
     uid: int
     probe_period_s: int
     termination_grace_s: int
+    # prometheus.io/path on the pods, for Prometheus jobs that scrape by annotation
+    metrics_path: str = METRICS_PATH
 
 
 @dataclass(frozen=True)

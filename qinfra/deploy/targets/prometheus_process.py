@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from qinfra.core.analysis_spec import QINFRA_STACK_LABEL
 from qinfra.core.spec import StackSpec
 from qinfra.deploy.processes import launch_until_ready
 
@@ -44,7 +45,7 @@ def config_text(spec: StackSpec) -> str:
             f"scrape_configs:\n  - job_name: qinfra-router\n    scrape_interval: {interval}\n"
             f"    scrape_timeout: {interval}\n    static_configs:\n"
             f"      - targets: ['{HOST}:{spec.serving.port}']\n"
-            f"        labels: {{stack: '{spec.name}'}}\n")
+            f"        labels: {{{QINFRA_STACK_LABEL}: '{spec.name}'}}\n")
 
 
 def port(spec: StackSpec) -> int:
