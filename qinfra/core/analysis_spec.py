@@ -120,6 +120,10 @@ class AnalysisSpec(_Model):
     error_limit: Whole = Field(4, ge=0, description="Consecutive windows whose metrics could not "
                                "be read that a step tolerates; one more rolls back.")
     checks: ChecksSpec = Field(default_factory=ChecksSpec, description="The comparisons.")
+    scrape_security_group: str | None = Field(
+        None, pattern=r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$",
+        description="target aws: the security group of the Prometheus that scrapes the routers; "
+        "it alone (beside the public load balancer) may reach the routers' port.")
 
     @field_validator("prometheus_url")
     @classmethod

@@ -451,3 +451,25 @@ def test_store_pass_runs_only_for_a_first_up_without_its_bucket(
     config["qinfra:api_key"] = {"secure": "v1:x"}
     spec = parse_config(config, "prod")
     assert store_pass_needed(spec, deployed) is want
+
+
+def test_a_named_prometheus_group_alone_may_scrape_the_routers() -> None:
+    """qinfra:analysis.scrape_security_group opens the routers' port to that group and to no
+    address range; without it the routers are reached by the public load balancer only."""
+    analysis = {**stack_config("prod", "ab_test", 10)["qinfra:analysis"],
+                "scrape_security_group": "sg-0123456789abcdef0"}
+    run = run_program("prod", _config("ab_test", 10, **{"qinfra:analysis": analysis}),
+                      ("qinfra:api_key",))
+    ingress = {r.name.removeprefix("qinfra-prod-"): r.inputs for r in run.of(INGRESS)}
+    rule = ingress["metrics-in"]
+    assert rule["securityGroupId"] == "qinfra-prod-router-id"
+    assert rule["referencedSecurityGroupId"] == "sg-0123456789abcdef0" and "cidrIpv4" not in rule
+    assert (rule["ipProtocol"], rule["fromPort"], rule["toPort"]) == ("tcp", 8080, 8080)
+    assert "metrics-in" not in {r.name.removeprefix("qinfra-prod-") for r in prod("ab_test", 10).of(INGRESS)}
+
+
+def test_a_malformed_prometheus_group_is_named() -> None:
+    config = {**stack_config("prod", "ab_test", 10), "qinfra:api_key": PULUMI_HELD}
+    config["qinfra:analysis"] = {**config["qinfra:analysis"], "scrape_security_group": "prometheus"}
+    with pytest.raises(Exception, match=r"scrape_security_group[\s\S]*prometheus"):
+        parse_config(config, "prod")

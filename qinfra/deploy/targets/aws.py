@@ -222,7 +222,7 @@ def _hop(spec: StackSpec, name: str, source: aws.ec2.SecurityGroup, target: aws.
 def network(spec: StackSpec, ports: Sequence[int]) -> Network:
     """The default VPC, and one chain of security groups: the world reaches the public load
     balancer, it the routers, they the internal load balancer, and it the engines; no group
-    lets anything else in."""
+    lets anything else in, except a Prometheus group the analysis names (the routers' port)."""
     vpc = aws.ec2.get_vpc(default=True)
     subnets = aws.ec2.get_subnets(filters=[{"name": "vpc-id", "values": [vpc.id]}])
     net = Network(
@@ -238,6 +238,13 @@ def network(spec: StackSpec, ports: Sequence[int]) -> Network:
                                      ip_protocol="tcp", from_port=LISTENER_PORT,
                                      to_port=LISTENER_PORT, cidr_ipv4="0.0.0.0/0")
     _hop(spec, "lb-router", net.balancer_sg, net.router_sg, (ROUTER_PORT, ROUTER_PORT))
+    if spec.analysis is not None and (prometheus := spec.analysis.scrape_security_group):
+        # The routers serve /metrics on their one port; the named Prometheus group may reach it
+        # (the scrape config `qinfra render --what scrape-config` writes needs this path).
+        aws.vpc.SecurityGroupIngressRule(f"qinfra-{spec.name}-metrics-in",
+                                         security_group_id=net.router_sg.id, ip_protocol="tcp",
+                                         from_port=ROUTER_PORT, to_port=ROUTER_PORT,
+                                         referenced_security_group_id=prometheus)
     _hop(spec, "router-internal", net.router_sg, net.internal_sg, internal_ports())
     _hop(spec, "internal-engine", net.internal_sg, net.engine_sg, (min(ports), max(ports)))
     # Out: routers to S3, SSM and the package repository (HTTPS only); engines also pull images.
