@@ -483,3 +483,44 @@ def test_a_stack_the_backend_holds_is_used_without_stack_select(tmp_path, monkey
         assert holds_stack(tmp_path / ".qinfra" / "state", "qinfra", "look")
     assert holds_stack(tmp_path / ".qinfra" / "state", "qinfra", "look") is False
     assert not Deployer("look", project=Project(tmp_path)).exists()
+
+
+# The diagnostics of a real `up` against the local Kubernetes control plane whose baseline
+# Deployment never became available (tests/kube/test_kube_target.py; trimmed): the provider's
+# await error has no traceback, and the program's RPC then fails with a traceback of its own.
+KUBE_AWAIT_FAILURE = """\
+Diagnostics:
+  kubernetes:apps/v1:Deployment (qinfra-k8s-local-baseline):
+    error: 3 errors occurred:
+    \t* the Kubernetes API server reported that "qinfra-local/qinfra-k8s-local-baseline" \
+failed to fully initialize or become live: 'qinfra-k8s-local-baseline' timed out waiting to be Ready
+    \t* [MinimumReplicasUnavailable] Deployment does not have minimum availability.
+    \t* Minimum number of live Pods was not attained
+
+  pulumi:pulumi:Stack (qinfra-k8s-local):
+    warning: using pulumi-resource-kubernetes from $PATH at /t/pulumi-resource-kubernetes
+    error: update failed
+
+    Traceback (most recent call last):
+      File "/venv/lib/python3.11/site-packages/pulumi/runtime/resource.py", line 1340, in do_rpc_call
+    grpc._channel._InactiveRpcError: <_InactiveRpcError of RPC that terminated with:
+    pulumi.errors.RunError: Resource monitor has terminated, shutting down
+
+Resources:
+    2 errored
+"""
+
+
+def test_a_native_provider_failure_names_its_resource_not_the_programs_rpc_error():
+    # Fault: a Kubernetes await timeout; the message used to be the program's consequent
+    # "qinfra-k8s-local failed: Resource monitor has terminated, shutting down".
+    message = classify(KUBE_AWAIT_FAILURE, None).format_message()
+    assert message == (
+        "qinfra-k8s-local-baseline failed: the Kubernetes API server reported that "
+        "\"qinfra-local/qinfra-k8s-local-baseline\" failed to fully initialize or become live: "
+        "'qinfra-k8s-local-baseline' timed out waiting to be Ready; [MinimumReplicasUnavailable] "
+        "Deployment does not have minimum availability.; Minimum number of live Pods was not "
+        "attained")
+    # with nothing else to name, the program's RPC error still does (as before)
+    alone = "  pulumi:pulumi:Stack" + KUBE_AWAIT_FAILURE.split("  pulumi:pulumi:Stack")[1]
+    assert classify(alone, None).format_message().startswith("qinfra-k8s-local failed: ")

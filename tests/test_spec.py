@@ -133,7 +133,7 @@ def test_stage_and_percent(stacks):
 
 
 def test_missing_stack_lists_known(stacks):
-    with pytest.raises(SpecError, match=r"Did you mean 'prod'.*Stacks here: k8s, local, prod"):
+    with pytest.raises(SpecError, match=r"Did you mean 'prod'.*Stacks here: k8s, k8s-local, local, prod"):
         load_stack("prd")
 
 
@@ -175,7 +175,8 @@ def test_program_config_keeps_secrets_out_of_the_spec(stacks):
              "aws:region": "eu-west-1"}
     spec = parse_program_config(flat, {"qinfra:api_key", "kubernetes:token"}, "k8s")
     assert spec.api_key == Encrypted(**PULUMI_HELD)
-    assert spec.provider_config == {"aws:region": "eu-west-1", "kubernetes:namespace": "qinfra"}
+    assert spec.provider_config == {"aws:region": "eu-west-1", "kubernetes:namespace": "qinfra",
+                                    "kubernetes:enableConfigMapMutable": True}
     assert "sk-plain-key" not in repr(spec) and "tok-plain" not in repr(spec)
 
 

@@ -23,6 +23,12 @@ class KubernetesSpec(_Model):
     service_account_role_arn: str | None = Field(None, description="IAM role the engine pods' "
                                                  "ServiceAccount assumes (EKS IRSA) to read the "
                                                  "artifact store.")
+    ready_timeout_s: Whole | None = Field(None, ge=10, le=86_400, description="Seconds `up` "
+                                          "waits for a Deployment's replicas to become "
+                                          "available before it fails the update, naming it. "
+                                          "Default: the variant's boot budget (image pull, "
+                                          "artifact fetch and verification, engine start) + "
+                                          "300; the router's: the provider's 10 minutes.")
 
 
 # An image reference pinned by its manifest digest (OCI distribution spec, "Pulling manifests").

@@ -92,6 +92,15 @@ _FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
 # `error: Traceback ...`, the frames, and the exception's `SomeError: message` line.
 _RESOURCE = re.compile(r"^  \S+ \(([^()\s]+)\):$")
 _EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(?:Exception|\w*Error|\w*Exception): (.+)$")
+# A native provider's diagnostic under its resource heading: `error: <message>`, then (for
+# several) `\t* <reason>` lines; "update failed" is the engine's summary, not a cause.
+_ERROR = re.compile(r"^    error: (.+)$")
+_REASON = re.compile(r"^\s+\* (.+)$")
+_NOT_A_CAUSE = {"update failed", "preview failed", "destroy failed"}
+_SEVERAL = re.compile(r"\d+ errors occurred:")
+# How the program's own RPC fails once the engine stopped for a resource's error (the
+# RunError, or grpc's error before it): a consequence, not a cause.
+_MONITOR_GONE = ("Resource monitor has terminated", "<_InactiveRpcError")
 _TRACEBACK = re.compile(r'^\s*(?:error: )?(Traceback \(most recent call last\)|File "[^"]+", '
                         r"line \d+)", re.M)
 
@@ -116,17 +125,29 @@ def classify(text: str, log: Path | None, state: Path | None = None) -> DeployEr
 
 def _provider_cause(text: str) -> str | None:
     """`<resource> failed: <first line of the exception>`, a line per resource whose provider
-    raised, read from the diagnostics after their tracebacks; None when there is none."""
+    raised, read from the diagnostics after their tracebacks; a native provider's error (no
+    traceback: the Kubernetes provider's await) with its `* ` reasons on the same line. The
+    program's own "resource monitor has terminated" is what the engine does after such a
+    failure, so it names the cause only when nothing else does. None when there is none."""
     causes: dict[str, str] = {}
-    name, in_traceback = None, False
+    name, in_traceback, in_error = None, False, False
     for line in text.splitlines():
         if heading := _RESOURCE.match(line):
-            name, in_traceback = heading.group(1), False
+            name, in_traceback, in_error = heading.group(1), False, False
         elif _TRACEBACK.match(line):
-            in_traceback = True
+            in_traceback, in_error = True, False
         elif in_traceback and name and (exc := _EXCEPTION.match(line)):
             causes[name], in_traceback = exc.group(1).strip(), False
-    return "\n".join(f"{n} failed: {cause}" for n, cause in causes.items()) or None
+        elif name and (err := _ERROR.match(line)) and err.group(1) not in _NOT_A_CAUSE:
+            # "3 errors occurred:" says only that reasons follow
+            causes[name] = "" if _SEVERAL.fullmatch(err.group(1)) else err.group(1).strip()
+            in_error = True
+        elif in_error and name and (reason := _REASON.match(line)):
+            causes[name] = "; ".join(filter(None, (causes[name], reason.group(1).strip())))
+        elif not line.strip():
+            in_error = False
+    real = {n: c for n, c in causes.items() if not c.startswith(_MONITOR_GONE)}
+    return "\n".join(f"{n} failed: {cause}" for n, cause in (real or causes).items()) or None
 
 
 def _restore(state: Path | None) -> str:

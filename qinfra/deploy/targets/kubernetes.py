@@ -20,6 +20,10 @@ from qinfra.serving.render import ROUTER
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"  # EKS User Guide, IAM roles for service accounts
 MANAGED = {"app.kubernetes.io/managed-by": "qinfra"}
+# The provider's switch (and its environment variable) that updates a ConfigMap in place
+# (pulumi-kubernetes provider config `enableConfigMapMutable`; default false: replace).
+CONFIGMAP_MUTABLE_KEY = "kubernetes:enableConfigMapMutable"
+CONFIGMAP_MUTABLE_ENV = "PULUMI_K8S_ENABLE_CONFIGMAP_MUTABLE"
 
 # Rendered kind -> the typed resource and the field that holds its body, in creation order: the
 # Deployment mounts the ConfigMap; the Service and the disruption budget select its pods.
@@ -161,8 +165,34 @@ def objects(load: Workload, docs: Mapping[str, dict[str, Any]], ready: Sequence[
     return made
 
 
+def ready_timeout(spec: StackSpec, default_s: int | None) -> str | None:
+    """How long the provider awaits a Deployment's rollout (its replicas available) before the
+    update fails naming it: the stack's qinfra:kubernetes.ready_timeout_s, else `default_s`
+    (an engine: its boot budget + 300 s, beyond the provider's 10-minute default; None: that
+    default)."""
+    seconds = spec.kubernetes.ready_timeout_s or default_s
+    return f"{seconds}s" if seconds else None
+
+
+def require_mutable_configmaps(spec: StackSpec) -> None:
+    """DeployError unless the provider updates ConfigMaps in place. Its default replaces one
+    whose data changes (a new object under the same name), so every rollout and rollback would
+    replace the router's weights instead of editing them, and the diff would say `replace`."""
+    import os
+
+    from qinfra.core.errors import DeployError
+
+    setting = spec.provider_config.get(CONFIGMAP_MUTABLE_KEY, os.environ.get(CONFIGMAP_MUTABLE_ENV))
+    if str(setting).lower() != "true":
+        raise DeployError(
+            f"stack {spec.name} targets kubernetes without {CONFIGMAP_MUTABLE_KEY}: true, so "
+            "the provider would replace the router's ConfigMap on every weight change. To fix: "
+            f"add `{CONFIGMAP_MUTABLE_KEY}: \"true\"` under config: in stacks/Pulumi.{spec.name}.yaml")
+
+
 def deploy(deploy: DeployInput) -> Deployed:
     spec = deploy.spec
+    require_mutable_configmaps(spec)
     traffic = spec.rollout.traffic_percent()
     loads = [workload(deploy, v.name) for v in deploy.plan.variants]
     namespace = loads[0].namespace
@@ -180,8 +210,7 @@ def deploy(deploy: DeployInput) -> Deployed:
         chosen = plan.chosen
         assert chosen is not None  # the program refuses plans that do not fit
         docs = {**load.manifests, "Deployment": scaled(load.manifests["Deployment"], chosen.engines_total)}
-        # A replica may take this long to become ready; beyond the provider's 10-minute default.
-        made = objects(load, docs, ready, f"{boot_s(spec, chosen) + 300}s")
+        made = objects(load, docs, ready, ready_timeout(spec, boot_s(spec, chosen) + 300))
         services.append(made["Service"])
         svc, port = load.service
         variants[plan.name] = variant_output(
@@ -191,7 +220,7 @@ def deploy(deploy: DeployInput) -> Deployed:
     router = workload(deploy, ROUTER)
     for load in loads:
         engine_policy(load, router, ready)
-    made = objects(router, router.manifests, [*ready, *services], None)
+    made = objects(router, router.manifests, [*ready, *services], ready_timeout(spec, None))
     route(spec, namespace, router.service, [made["Service"]])
     hostname = spec.kubernetes.hostname
     return Deployed(variants=variants, endpoint=f"http://{hostname}" if hostname else None)
