@@ -112,3 +112,23 @@ def test_llama_cpp_pod_runs_the_pinned_server_image():
     assert engine["command"] == ["/bin/sh", "/opt/qinfra/bin/server.sh"]
     assert "dshm" not in [v["name"] for v in pod["volumes"]]  # vLLM only
     assert engine["startupProbe"]["periodSeconds"] == PROBE_PERIOD_S
+
+
+def _scripts_digest(spec) -> dict[str, str]:
+    files = render_stack(spec, plan_for(spec))
+    return {v: _objects(files, v)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+            ["qinfra/scripts-sha256"] for v in ("baseline", "quantized")}
+
+
+def test_a_flag_change_rolls_the_pods_and_a_weight_change_does_not():
+    """The scripts ConfigMap is edited in place; the Deployment rolls its pods only when its pod
+    template changes, so the template carries the scripts' digest (fault: a changed
+    max_model_len that reached the ConfigMap but no running engine)."""
+    spec, _ = example("k8s")
+    before = _scripts_digest(spec)
+    longer = spec.model_copy(update={"serving": spec.serving.model_copy(update={"max_model_len": 4096})})
+    after = _scripts_digest(longer)
+    assert all(before[v] != after[v] for v in before)
+    rollback = spec.model_copy(update={"rollout": spec.rollout.model_copy(
+        update={"stage": "rollback", "quantized_percent": 0})})
+    assert _scripts_digest(rollback) == before

@@ -214,6 +214,7 @@ class KubeContext:
     aws_cli_image: str
     verify_image: str
     scripts: tuple[EmbeddedFile, ...]
+    scripts_sha256: str  # the pod template's annotation: changed scripts roll the pods
     shared_memory: bool
     startup_period_s: int
     startup_failure_threshold: int

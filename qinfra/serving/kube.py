@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -26,6 +27,17 @@ _K8S_NAME = re.compile(r"[^a-z0-9-]+")
 def k8s_name(name: str) -> str:
     """A DNS-1123 label from a stack name (Pulumi allows '_' and '.', Kubernetes does not)."""
     return _K8S_NAME.sub("-", name.lower()).strip("-") or "stack"
+
+
+def scripts_digest(scripts: tuple[EmbeddedFile, ...]) -> str:
+    """sha256 of the ConfigMap's scripts, as a pod-template annotation: a flag change edits the
+    ConfigMap in place, and only a changed pod template makes the Deployment roll its pods."""
+    digest = hashlib.sha256()
+    for file in scripts:
+        for part in (file.name, file.content):
+            digest.update(part.encode())
+            digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def kube_context(v: VariantRender, launch: LaunchContext, artifact: ArtifactContext,
@@ -70,6 +82,7 @@ def kube_context(v: VariantRender, launch: LaunchContext, artifact: ArtifactCont
         aws_cli_image=AWS_CLI_IMAGE,
         verify_image=VERIFY_IMAGE,
         scripts=scripts,
+        scripts_sha256=scripts_digest(scripts),
         shared_memory=v.engine is Engine.VLLM,
         startup_period_s=PROBE_PERIOD_S,
         startup_failure_threshold=math.ceil(launch.startup_budget_s / PROBE_PERIOD_S),
