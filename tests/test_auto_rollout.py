@@ -97,12 +97,15 @@ class Load:
         self.max_tokens, self.prompts = max_tokens, prompts
         self.threads = [threading.Thread(target=self._loop, args=(w,)) for w in range(workers)]
 
+    join_s = 90  # longer than one request takes
+
+    def ask(self, user: str, prompt: str) -> int:
+        return ask(self.port, user, prompt, self.max_tokens)[0]
+
     def _loop(self, worker: int) -> None:
         rng = random.Random(worker)
         while not self.stop.is_set():
-            user = f"user-{rng.randrange(10**6)}"
-            self.statuses.append(ask(self.port, user, rng.choice(self.prompts),
-                                     self.max_tokens)[0])
+            self.statuses.append(self.ask(f"user-{rng.randrange(10**6)}", rng.choice(self.prompts)))
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -112,7 +115,7 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for t in self.threads:
-            t.join(timeout=90)
+            t.join(timeout=self.join_s)
 
 
 def rollout_config(stack: Path) -> dict[str, Any]:

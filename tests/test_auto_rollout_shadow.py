@@ -25,8 +25,6 @@ Q2_K 0/34, 0.15, 0.42 (Q4_K_M 1/34, 0.30, 0.58); on the 17 DISAGREEING ones Q2_K
 from __future__ import annotations
 
 import json
-import random
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,7 +34,7 @@ from ruamel.yaml import YAML
 
 from qinfra.deploy.stackfile import update_stack_file
 from tests.local_stack import entered, free_ports, local_stack, qinfra
-from tests.test_auto_rollout import rollout_config
+from tests.test_auto_rollout import Load, rollout_config
 from tests.test_local_router import ROOT, router_health
 
 pytestmark = pytest.mark.real
@@ -85,13 +83,14 @@ SHADOW_ANALYSIS = {
 }
 
 
-class GreedyLoad:
+class GreedyLoad(Load):
     """Clients through the router: random users (both variants get traffic), greedy answers
     with a fixed seed, DISAGREEING prompts."""
 
+    join_s = 330
+
     def __init__(self, port: int, workers: int = 2) -> None:
-        self.port, self.stop, self.statuses = port, threading.Event(), []
-        self.threads = [threading.Thread(target=self._loop, args=(w,)) for w in range(workers)]
+        super().__init__(port, workers=workers, prompts=DISAGREEING)
 
     def ask(self, user: str, prompt: str) -> int:
         body = json.dumps({"messages": [{"role": "user", "content": prompt}],
@@ -107,21 +106,6 @@ class GreedyLoad:
             return exc.code
         except OSError:
             return 0
-
-    def _loop(self, worker: int) -> None:
-        rng = random.Random(worker)
-        while not self.stop.is_set():
-            self.statuses.append(self.ask(f"user-{rng.randrange(10**6)}", rng.choice(DISAGREEING)))
-
-    def __enter__(self) -> GreedyLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=330)
 
 
 def write_q2k_project(root: Path) -> tuple[int, Path]:

@@ -80,6 +80,18 @@ def test_gpu_nodes_are_ready_with_their_catalog_gpus(kube_cluster: KubeCluster) 
 def test_two_gpu_replicas_become_available_one_per_gpu(kube_cluster: KubeCluster) -> None:
     ns = "gpu-deploy"
     kube_cluster.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    try:
+        _two_gpu_replicas(kube_cluster, ns)
+    finally:  # the cluster is the session's: give its GPUs back to the tests after this one
+        _delete_namespace(kube_cluster, ns)
+
+
+def _delete_namespace(kube_cluster: KubeCluster, ns: str) -> None:
+    kube_cluster.request("DELETE", f"/api/v1/namespaces/{ns}")
+    wait_until(f"namespace {ns} gone", lambda: not _exists(kube_cluster, f"/api/v1/namespaces/{ns}"))
+
+
+def _two_gpu_replicas(kube_cluster: KubeCluster, ns: str) -> None:
     # admission needs the namespace's default service account (the controller makes it)
     wait_until("default service account", lambda: _exists(
         kube_cluster, f"/api/v1/namespaces/{ns}/serviceaccounts/default"))
