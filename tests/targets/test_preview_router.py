@@ -227,3 +227,22 @@ def test_preview_without_a_kubeconfig_says_what_is_missing(stacks, monkeypatch, 
     assert first == ("Error: stack k8s targets kubernetes, but there is no kubeconfig: set "
                      "KUBECONFIG or `kubernetes:kubeconfig` in the stack file")
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (".qinfra/kube/kubeconfig", "is a relative path, which the Kubernetes provider resolves against "
+                                "its own working directory"),
+    ("/nonexistent/kubeconfig", "names /nonexistent/kubeconfig, which is not a file"),
+])
+def test_a_kubeconfig_path_the_provider_cannot_read_is_named(stacks, monkeypatch, value, says) -> None:
+    """Fault found against the real control plane: a relative `kubernetes:kubeconfig` made the
+    provider look in its own working directory and fail far from the cause."""
+    from qinfra.cli.main import cli
+
+    stack = stacks / "Pulumi.k8s.yaml"
+    namespace = "  kubernetes:namespace: qinfra\n"
+    stack.write_text(stack.read_text().replace(
+        namespace, f"{namespace}  kubernetes:kubeconfig: {value}\n"))
+    result = CliRunner().invoke(cli, ["preview", "--stack", "k8s"])
+    assert result.exit_code == 1, result.output
+    assert says in result.output and "Traceback" not in result.output

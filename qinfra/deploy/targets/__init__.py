@@ -113,10 +113,21 @@ def _preflight_kubernetes(spec: StackSpec) -> None:
 
     from qinfra.core.errors import DeployError
 
+    named = spec.provider_config.get("kubernetes:kubeconfig")
+    if isinstance(named, str) and "\n" not in named and not named.lstrip().startswith(("{", "apiVersion")):
+        # A path, not the file's text: the provider reads it from its own working directory.
+        if not os.path.isabs(os.path.expanduser(named)):
+            raise DeployError(f"stack {spec.name}: `kubernetes:kubeconfig: {named}` is a relative "
+                              "path, which the Kubernetes provider resolves against its own working "
+                              "directory, not the project. To fix: give an absolute path, or unset "
+                              "it and export KUBECONFIG")
+        if not os.path.isfile(os.path.expanduser(named)):
+            raise DeployError(f"stack {spec.name}: `kubernetes:kubeconfig` names {named}, which is "
+                              "not a file")
+        return
     config = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
-    if not (in_cluster or spec.provider_config.get("kubernetes:kubeconfig")
-            or any(os.path.isfile(p) for p in config.split(os.pathsep))):
+    if not (in_cluster or named or any(os.path.isfile(p) for p in config.split(os.pathsep))):
         raise DeployError(f"stack {spec.name} targets kubernetes, but there is no kubeconfig: set "
                           "KUBECONFIG or `kubernetes:kubeconfig` in the stack file")
 
