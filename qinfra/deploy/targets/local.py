@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -263,13 +264,53 @@ def _note_provider() -> None:
 _noted = False
 
 
-class LlamaServerProvider(dyn.ResourceProvider):
-    """create: launch and warm; update: restart with the new flags; delete: stop the recorded
-    server; read (refresh) and diff notice a server that died, so the next `up` starts it again."""
+class ServerProvider(dyn.ResourceProvider):
+    """What the local servers' providers share. Their state is the process's identity, so
+    delete signals only that very process; read (refresh) reports a server that died or does not
+    answer `ready` as gone, so the next `up` starts it again."""
+
+    @staticmethod
+    def ready(endpoint: str) -> bool:
+        raise NotImplementedError
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
         _note_provider()
         return dyn.CheckResult(news, [])
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _note_provider()
+        stop(_server_of(props))
+        _stop_recorded(Path(props["run_dir"]))
+
+    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
+        if not (running(_server_of(props)) and self.ready(props["endpoint"])):
+            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
+        return dyn.ReadResult(id_=id_, outs=props)
+
+
+def launch_recorded(props: dict[str, Any], what: str,
+                    start: Callable[[Path, int, Any], subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """Start `what` (the router, Prometheus) on its endpoint's port in its run folder, after
+    stopping whatever that folder recorded, and record the new process's identity."""
+    folder = Path(props["run_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    _stop_recorded(folder)
+    port = port_of(props["endpoint"])
+    if port_taken(port):
+        raise RuntimeError(_taken_message(what, port))
+    ident = identity(start(folder, port, props["config"]).pid)
+    if ident is None:
+        raise RuntimeError(f"{what} exited right after it started (log: {folder})")
+    _record(folder, ident)
+    return {**props, "pid": ident.pid, "identity": ident.to_json(),
+            "log": str(folder / f"{what}.log")}
+
+
+class LlamaServerProvider(ServerProvider):
+    """create: launch and warm; update: restart with the new flags; delete: stop the recorded
+    server; read (refresh) and diff notice a server that died, so the next `up` starts it again."""
+
+    ready = staticmethod(_healthy)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         _note_provider()
@@ -288,15 +329,6 @@ class LlamaServerProvider(dyn.ResourceProvider):
         stop(_server_of(olds))
         return dyn.UpdateResult(outs=_start(news))
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
-        _note_provider()
-        stop(_server_of(props))
-        _stop_recorded(Path(props["run_dir"]))
-
-    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
-        if not (running(_server_of(props)) and _healthy(props["endpoint"])):
-            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
-        return dyn.ReadResult(id_=id_, outs=props)
 
 
 class ArtifactCheckProvider(dyn.ResourceProvider):
@@ -343,16 +375,14 @@ class LlamaServer(dyn.Resource, module="qinfra", name="LlamaServer"):
                          {**props, "pid": None, "identity": None, "log": None}, opts)
 
 
-class RouterProvider(dyn.ResourceProvider):
+class RouterProvider(ServerProvider):
     """The router: create launches it on its config; an update that only changes the config
     writes the file and waits until the router serves it (no restart, nothing in flight lost),
     then waits for the variants it stopped sending to to drain, so their engines (deleted after
     this update) fail no request; read and diff notice a router that died or a config file
     that says something else (a live write whose apply failed), so the next `up` converges."""
 
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
-        _note_provider()
-        return dyn.CheckResult(news, [])
+    ready = staticmethod(router_process.health)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         _note_provider()
@@ -380,31 +410,9 @@ class RouterProvider(dyn.ResourceProvider):
         return dyn.UpdateResult(outs={**news, "pid": olds.get("pid"),
                                       "identity": olds.get("identity"), "log": olds.get("log")})
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
-        _note_provider()
-        stop(_server_of(props))
-        _stop_recorded(Path(props["run_dir"]))
-
-    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
-        if not (running(_server_of(props)) and router_process.health(props["endpoint"])):
-            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
-        return dyn.ReadResult(id_=id_, outs=props)
-
     @staticmethod
     def _start(props: dict[str, Any]) -> dict[str, Any]:
-        folder = Path(props["run_dir"])
-        folder.mkdir(parents=True, exist_ok=True)
-        _stop_recorded(folder)
-        port = port_of(props["endpoint"])
-        if port_taken(port):
-            raise RuntimeError(_taken_message("router", port))
-        proc = router_process.start(folder, port, props["config"])
-        ident = identity(proc.pid)
-        if ident is None:
-            raise RuntimeError(f"the router exited right after it started (log: {folder})")
-        _record(folder, ident)
-        return {**props, "pid": ident.pid, "identity": ident.to_json(),
-                "log": str(folder / "router.log")}
+        return launch_recorded(props, "router", router_process.start)
 
 
 def _on_disk(props: dict[str, Any]) -> Any:

@@ -4,49 +4,26 @@ server that died restarts it on the same data folder (the metrics so far are kep
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi.dynamic as dyn
 
-from qinfra.deploy.processes import identity, running, stop
+from qinfra.deploy.processes import running, stop
 from qinfra.deploy.targets import prometheus_process
-from qinfra.deploy.targets.local import (
-    _note_provider,
-    _record,
-    _server_of,
-    _stop_recorded,
-    _taken_message,
-    port_of,
-    port_taken,
-)
+from qinfra.deploy.targets.local import ServerProvider, _note_provider, _server_of, launch_recorded
 
 
 def _start(props: dict[str, Any]) -> dict[str, Any]:
-    folder = Path(props["run_dir"])
-    folder.mkdir(parents=True, exist_ok=True)
-    _stop_recorded(folder)
-    listen = port_of(props["endpoint"])
-    if port_taken(listen):
-        raise RuntimeError(_taken_message("prometheus", listen))
-    proc = prometheus_process.start(folder, listen, props["config"])
-    ident = identity(proc.pid)
-    if ident is None:
-        raise RuntimeError(f"prometheus exited right after it started (log: {folder})")
-    _record(folder, ident)
-    return {**props, "pid": ident.pid, "identity": ident.to_json(),
-            "log": str(folder / "prometheus.log")}
+    return launch_recorded(props, "prometheus", prometheus_process.start)
 
 
-class PrometheusProvider(dyn.ResourceProvider):
+class PrometheusProvider(ServerProvider):
     """create: launch and wait until ready; update: restart with the new config; delete: stop
     the recorded server (its data folder stays for the audit); read and diff notice a server
     that died, so the next `up` starts it again."""
 
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
-        _note_provider()
-        return dyn.CheckResult(news, [])
+    ready = staticmethod(prometheus_process.ready)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         _note_provider()
@@ -63,15 +40,6 @@ class PrometheusProvider(dyn.ResourceProvider):
         stop(_server_of(olds))
         return dyn.UpdateResult(outs=_start(news))
 
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
-        _note_provider()
-        stop(_server_of(props))
-        _stop_recorded(Path(props["run_dir"]))
-
-    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
-        if not (running(_server_of(props)) and prometheus_process.ready(props["endpoint"])):
-            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
-        return dyn.ReadResult(id_=id_, outs=props)
 
 
 class Prometheus(dyn.Resource, module="qinfra", name="Prometheus"):
