@@ -57,14 +57,28 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 
 @pytest.fixture
-def stubs(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str]:
+def stub_process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[..., tuple[str, subprocess.Popen[bytes]]]:
+    """Start a stub upstream named `name` (on `port`, else a free one); returns its base URL and
+    process, for a test that kills it."""
+
+    def start(name: str, delay_s: float = 0.0, port: int | None = None
+              ) -> tuple[str, subprocess.Popen[bytes]]:
+        port = port or free_port()
+        proc = start_stub(port, name, tmp_path / f"stub-{name}-{port}.log", delay_s)
+        request.addfinalizer(lambda: stop(proc))
+        return f"http://127.0.0.1:{port}", proc
+
+    return start
+
+
+@pytest.fixture
+def stubs(stub_process: Callable[..., tuple[str, subprocess.Popen[bytes]]]) -> Callable[..., str]:
     """Start a stub upstream named `name`; returns its base URL."""
 
     def start(name: str, delay_s: float = 0.0) -> str:
-        port = free_port()
-        proc = start_stub(port, name, tmp_path / f"stub-{name}-{port}.log", delay_s)
-        request.addfinalizer(lambda: stop(proc))
-        return f"http://127.0.0.1:{port}"
+        return stub_process(name, delay_s)[0]
 
     return start
 

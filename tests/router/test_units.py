@@ -103,3 +103,16 @@ def test_compare_and_greedy():
     assert compare("", "x").prefix_fraction == 0.0
     assert is_greedy({"temperature": 0}) and is_greedy({"temperature": 0.0})
     assert not any(is_greedy(d) for d in ({}, {"temperature": 0.7}, {"temperature": False}, None))
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [(b"\xff\xfe{}", "not UTF-8"), (b"[" * 100_000, "nested too deeply")],
+)
+def test_load_config_raises_only_router_config_error_whatever_the_bytes(tmp_path, data, why):
+    for suffix in (".json", ".yaml"):
+        path = tmp_path / f"router{suffix}"
+        path.write_bytes(data)
+        with pytest.raises(RouterConfigError) as err:
+            load_config(path)
+        assert why in err.value.message and str(path) in err.value.message

@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import disable_created_metrics
 
-from qinfra.serving.router.app import POLL_S, Router
+from qinfra.serving.router.app import POLL_S, PROBE_S, Router
 from qinfra.serving.router.config import RouterConfigError
 
 # On SIGTERM uvicorn stops accepting and lets requests in flight finish, up to this long.
@@ -28,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
     parser.add_argument("--poll-s", type=float, default=POLL_S, help="config file poll interval")
+    parser.add_argument("--probe-s", type=float, default=PROBE_S,
+                        help="seconds between TCP probes of every replica (up/down, failover)")
     parser.add_argument("--log-level", default="warning", help="uvicorn and router log level")
     args = parser.parse_args(argv)
     disable_created_metrics()  # *_created series double the exposition and nothing reads them
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        app = Router(args.config, poll_s=args.poll_s)
+        app = Router(args.config, poll_s=args.poll_s, probe_s=args.probe_s)
     except RouterConfigError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -1,10 +1,14 @@
-"""Within a variant: send each request to the replica with the fewest requests outstanding."""
+"""Within a variant: send each request to the replica with the fewest requests outstanding, among
+those last seen accepting connections."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -14,6 +18,18 @@ class Replica:
 
     url: str
     outstanding: int = 0
+    # Whether its last connection (a request's or the probe's) was accepted. Optimistic at first:
+    # a replica is tried before anything is known, and a refused connect marks it at once.
+    up: bool = True
+
+    def mark(self, up: bool) -> None:
+        """Record a connection outcome; a change is logged, since it moves traffic."""
+        if up != self.up:
+            if up:
+                log.warning("replica %s accepts connections again", self.url)
+            else:
+                log.warning("replica %s refuses connections: marked down", self.url)
+        self.up = up
 
 
 class Pool:
@@ -34,10 +50,16 @@ class Pool:
         return out
 
     def pick(self, urls: tuple[str, ...], exclude: frozenset[str] = frozenset()) -> Replica | None:
-        """The least-loaded replica among `urls` not in `exclude`; None when none is left."""
+        """The least-loaded replica among `urls` not in `exclude`, up ones first (a down one is
+        still tried when no up one is left: a refused connect is cheap and the freshest news);
+        None when none is left."""
         candidates = [r for r in self.replicas(urls) if r.url not in exclude]
         if not candidates:
             return None
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
-        return min(rotated, key=lambda r: r.outstanding)
+        return min(rotated, key=lambda r: (not r.up, r.outstanding))
+
+    def any_up(self, urls: Iterable[str]) -> bool:
+        """Whether some replica among `urls` was last seen accepting connections."""
+        return any(r.up for r in self.replicas(urls))

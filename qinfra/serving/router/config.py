@@ -58,16 +58,22 @@ _STRINGS = ("salt", "key_header", "cookie")
 def load_config(path: Path) -> RouterConfig:
     """Read and validate the file at `path` (.json, else YAML).
 
-    Raises RouterConfigError naming the file, the key, the value and what is allowed.
+    Raises RouterConfigError naming the file, the key, the value and what is allowed; whatever
+    the bytes are (not UTF-8, nested past the parser's recursion limit), never anything else.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise RouterConfigError(f"router config {path}: cannot read it ({exc.strerror}).") from exc
+    except UnicodeDecodeError as exc:
+        raise RouterConfigError(f"router config {path}: not UTF-8 text (byte {exc.start}: "
+                                f"{exc.object[exc.start:exc.start + 1]!r}).") from exc
     try:
         raw = json.loads(text) if Path(path).suffix == ".json" else YAML(typ="safe").load(text)
     except (ValueError, YAMLError) as exc:
         raise RouterConfigError(f"router config {path}: not valid JSON/YAML ({exc}).") from exc
+    except RecursionError as exc:
+        raise RouterConfigError(f"router config {path}: nested too deeply to parse.") from exc
     return parse_config(raw, source=str(path))
 
 

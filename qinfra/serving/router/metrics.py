@@ -56,10 +56,18 @@ class RouterMetrics:
                                v, registry=r)
         self.retries = Counter(f"{PREFIX}upstream_retries", "Requests retried on another replica "
                                "of the same variant after a refused connection.", v, registry=r)
+        self.failovers = Counter(f"{PREFIX}failovers", "Requests assigned to this variant but "
+                                 "answered by the other, because no replica of this one accepted "
+                                 "the connection (nothing had been sent).", v, registry=r)
+        self.upstream_up = Gauge(f"{PREFIX}upstream_up", "1 while some replica of the variant "
+                                 "accepts connections (its last connect or probe), else 0; 0 also "
+                                 "when it has no replicas.", v, registry=r)
         self.quantized_percent = Gauge(f"{PREFIX}quantized_percent", "The live weight of the "
                                        "quantized variant.", registry=r)
         self.reloads = Counter(f"{PREFIX}config_reloads", "Config file reloads, by result.",
                                ("result",), registry=r)
+        self.config_error = Gauge(f"{PREFIX}config_error", "1 while the config file on disk could "
+                                  "not be loaded (the last good config serves), else 0.", registry=r)
         self.shadow_requests = Counter(f"{PREFIX}shadow_requests", "Mirrored requests, by outcome "
                                        "(compared, not_greedy, error).", ("outcome",), registry=r)
         self.shadow_dropped = Counter(f"{PREFIX}shadow_dropped", "Mirrors dropped because the "
@@ -76,11 +84,13 @@ class RouterMetrics:
             for cohort in Cohort:
                 self.assignments.labels(variant, cohort)
             for name in ("ttft", "itl", "e2e", "prompt_tokens", "completion_tokens", "empty",
-                         "in_flight", "retries"):
+                         "in_flight", "retries", "failovers"):
                 getattr(self, name).labels(variant)
             self.finish.labels(variant, "length")
         for outcome in ("compared", "not_greedy", "error"):
             self.shadow_requests.labels(outcome)
+        for result in ("ok", "error"):
+            self.reloads.labels(result)
 
     def completed(self, variant: Variant, tally: Tally, started: float, ended: float) -> None:
         """Record one response read to its end: tokens, reasons, latencies."""

@@ -28,6 +28,8 @@ class Tally:
     token_times: list[float] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # A stream's `data: [DONE]` arrived: an OpenAI-style stream that ends without it was cut.
+    done: bool = False
     _pending: bytes = b""
 
     @property
@@ -43,7 +45,7 @@ class Tally:
         """A whole non-streamed JSON response."""
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # an engine's garbage is passed on, never fatal here
             return
         if isinstance(doc, dict):
             self._read(doc, streamed=False)
@@ -59,10 +61,11 @@ class Tally:
                 continue
             data = line[len(_DATA) :].strip()
             if data == b"[DONE]":
+                self.done = True
                 continue
             try:
                 doc = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(doc, dict) and self._read(doc, streamed=True):
                 self.token_times.append(now)

@@ -1,16 +1,19 @@
 """Sending one request to a replica of one variant: least outstanding first, one retry on another
 replica of the same variant when the connection is refused, and errors that name the variant.
 
-A refused request is never sent to the other variant: that would silently move a user across
-cohorts and poison the comparison the split exists for.
+When no replica of the variant accepts the connection, `Unreachable` says so: nothing was sent, so
+the caller may answer from the other variant (app.py decides when, and counts it). Each connect's
+outcome marks the replica up or down, and `accepts` is the light probe that keeps that fresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -23,8 +26,12 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
-# Router to engine stays uncompressed, so the router can read usage from the bytes it passes on.
+# Router to engine stays uncompressed, so the router can read usage from the bytes it passes on:
+# the client's Accept-Encoding is dropped and `identity` said instead. Saying it matters: aiohttp
+# otherwise adds its own `gzip, deflate`, and no header at all means any coding is acceptable
+# (RFC 9110 12.5.3).
 _REQUEST_DROP = HOP_BY_HOP | {"accept-encoding"}
+_IDENTITY = ("Accept-Encoding", "identity")
 # Attempts per request: the first replica, then one other of the same variant.
 ATTEMPTS = 2
 
@@ -37,6 +44,11 @@ class UpstreamError(Exception):
         self.status = status
         self.variant = variant
         self.message = message
+
+
+class Unreachable(UpstreamError):
+    """No replica of the variant accepted the connection (refused, or no connect in time): the
+    request was never sent, so answering it from elsewhere cannot run it twice."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +76,13 @@ class Sessions:
 
 
 def forward_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """The client's request headers an engine should see (its Authorization among them)."""
+    """The client's request headers an engine should see (its Authorization among them), and
+    `Accept-Encoding: identity`."""
     return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in headers
-        if name.lower().decode("latin-1") not in _REQUEST_DROP
+        *((name.decode("latin-1"), value.decode("latin-1"))
+          for name, value in headers
+          if name.lower().decode("latin-1") not in _REQUEST_DROP),
+        _IDENTITY,
     ]
 
 
@@ -101,10 +115,11 @@ async def upstream_response(
     """The response of the least-loaded replica of `variant` to `request` (method, path, headers,
     body), held open for the block; the replica counts as loaded until the block ends.
 
-    A refused connection moves to another replica of the variant (once). A pooled connection the
-    engine had already closed (it fails before any answer) is sent again, once, on a fresh one.
-    Raises UpstreamError: 502 when no replica accepts the connection or one fails mid-request,
-    504 when it does not answer in time.
+    A refused connection (or none made in time) marks the replica down and moves to another
+    replica of the variant (once); an accepted one marks it up. A pooled connection the engine had
+    already closed (it fails before any answer) is sent again, once, on a fresh one.
+    Raises Unreachable (502) when no replica accepts the connection, UpstreamError 502 when one
+    fails mid-request and 504 when it does not answer in time.
     """
     method, path, headers, body = request
     refused: list[str] = []
@@ -121,7 +136,8 @@ async def upstream_response(
                 response = await session.request(
                     method, replica.url + path, headers=headers, data=body or None, timeout=timeout
                 )
-            except aiohttp.ClientConnectorError:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                replica.mark(False)
                 refused.append(replica.url)
                 attempt += 1
                 if attempt < ATTEMPTS and len(refused) < len(urls):
@@ -139,6 +155,7 @@ async def upstream_response(
             except aiohttp.ClientError as exc:
                 raise UpstreamError(502, variant, f"the {variant} replica {replica.url} failed: "
                                     f"{exc}") from exc
+            replica.mark(True)
             try:
                 yield response
             finally:
@@ -147,7 +164,23 @@ async def upstream_response(
         finally:
             replica.outstanding -= 1
     tried = ", ".join(refused) or "none configured"
-    raise UpstreamError(502, variant, f"no {variant} replica accepted the connection (tried: {tried})")
+    raise Unreachable(502, variant, f"no {variant} replica accepted the connection (tried: {tried})")
+
+
+async def accepts(url: str, timeout_s: float) -> bool:
+    """Whether the replica at base URL `url` accepts a TCP connection within `timeout_s`: the
+    probe behind the up/down marks. A connect, not a request: it needs no API key and costs an
+    engine nothing, and refused connects are exactly what failover keys on."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):  # a reset on close still means it accepted
+        await writer.wait_closed()
+    return True
 
 
 async def read_body(response: aiohttp.ClientResponse, variant: Variant, read_timeout_s: float) -> bytes:
