@@ -8,6 +8,7 @@ from enum import StrEnum
 from functools import cache
 
 from qinfra.core.data import DATA_DIR
+from qinfra.core.engines import Engine, traits
 
 VLLM_VERSION = "0.33.0"
 """The vLLM release the planner's defaults and the rendered flags are taken from."""
@@ -17,11 +18,6 @@ VLLM_VERSION = "0.33.0"
 # key qinfra:serving.gpu_memory_utilization and of the ad-hoc `qinfra plan --model`, so both
 # paths plan what `vllm serve` does with no flag; tests/test_vllm_flags.py reads it from the wheel.
 VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-
-
-class Engine(StrEnum):
-    VLLM = "vllm"
-    LLAMA_CPP = "llama.cpp"
 
 
 class Format(StrEnum):
@@ -124,6 +120,12 @@ def engine_loads(engine: Engine, fmt: Format) -> bool:
     return engine in format_info(fmt).engines
 
 
+def default_engine(fmt: Format | str) -> Engine:
+    """The engine `qinfra plan --format` picks when none is named: the first in Engine's order
+    that loads the format (llama.cpp for gguf-*, else vLLM)."""
+    return next(e for e in Engine if engine_loads(e, Format(fmt)))
+
+
 def formats_loaded_by(engine: Engine) -> tuple[Format, ...]:
     """Every format `engine` loads, in the Format enum's order."""
     return tuple(fmt for fmt in Format if engine_loads(engine, fmt))
@@ -133,10 +135,11 @@ def _runs(info: FormatInfo, engine: Engine, cc: float | None) -> bool:
     """True when engine loads the format at full speed on a GPU of capability cc (None: CPU)."""
     if not engine_loads(engine, info.format):
         return False
-    if engine is Engine.LLAMA_CPP:
-        return True
+    row = traits(engine)
     if cc is None:
-        return False  # vLLM plans here are GPU plans
+        return not row.needs_gpu  # e.g. vLLM plans here are GPU plans
+    if not row.checks_compute_capability:
+        return True
     assert info.vllm_min_cc is not None
     return cc >= info.vllm_min_cc
 
@@ -165,18 +168,13 @@ def check_compatibility(fmt: Format, engine: Engine, cc: float | None, gpu: str 
     """Can `engine` serve `fmt` on a GPU of compute capability `cc` (None: on CPU)?"""
     info = format_info(fmt)
     where = f"{gpu} (compute capability {cc})" if cc is not None else "CPU"
+    row = traits(engine)
     if not engine_loads(engine, fmt):
-        if info.is_gguf:
-            why = (
-                f"{engine} does not load GGUF ({fmt}): vLLM's GGUF support is experimental and "
-                "moved to an out-of-tree plugin"
-            )
-        else:
-            why = f"{engine} cannot load {fmt}; llama.cpp serves GGUF only (convert it to GGUF)"
+        why = row.refusal.format(engine=engine, fmt=fmt)
         return Verdict(False, why, _alternatives(info, engine, cc))
-    if engine is Engine.VLLM and cc is None:
-        return Verdict(False, "vLLM needs a GPU", _alternatives(info, engine, cc))
-    if engine is Engine.VLLM and cc is not None:
+    if row.needs_gpu and cc is None:
+        return Verdict(False, f"{row.label} needs a GPU", _alternatives(info, engine, cc))
+    if row.checks_compute_capability and cc is not None:
         assert info.vllm_min_cc is not None
         if cc < info.vllm_min_cc:
             wo = info.weight_only_min_cc
@@ -184,10 +182,10 @@ def check_compatibility(fmt: Format, engine: Engine, cc: float | None, gpu: str 
                 return Verdict(
                     True,
                     warnings=(
-                        f"{fmt} on {where}: no FP8 tensor cores below {info.vllm_min_cc}; vLLM "
-                        "runs it weight-only through Marlin (same memory, slower compute)",
+                        f"{fmt} on {where}: no FP8 tensor cores below {info.vllm_min_cc}; "
+                        f"{row.label} runs it weight-only through Marlin (same memory, slower compute)",
                     ),
                 )
-            why = f"{fmt} on vLLM needs compute capability >= {info.vllm_min_cc}; {where} has {cc}"
+            why = f"{fmt} on {row.label} needs compute capability >= {info.vllm_min_cc}; {where} has {cc}"
             return Verdict(False, why, _alternatives(info, engine, cc))
     return Verdict(True)

@@ -9,7 +9,8 @@ nothing; on a deployed stack the bucket is already in its state.
 
 from __future__ import annotations
 
-from qinfra.core.spec import StackSpec, Target
+from qinfra.core.spec import StackSpec
+from qinfra.planning.targets import target_plan
 
 # Set for the program by the first pass: register the artifact bucket only.
 STORE_PASS_ENV = "QINFRA_STORE_PASS"
@@ -19,7 +20,7 @@ def store_pass_needed(spec: StackSpec, deployed: bool) -> bool:
     """True when `up` must create the artifact bucket before it pushes: target aws with
     create_bucket, an s3:// store whose bucket is missing, and a stack not deployed yet.
     ArtifactError when the store cannot be asked (no credentials, no access)."""
-    if spec.target is not Target.AWS or not spec.artifacts.create_bucket or deployed:
+    if not target_plan(spec.target).creates_store_bucket or not spec.artifacts.create_bucket or deployed:
         return False
     if not spec.artifacts.store.startswith("s3://"):
         return False

@@ -16,7 +16,8 @@ from qinfra.core.errors import DeployError, NoFitError
 from qinfra.core.spec import StackSpec, parse_program_config
 from qinfra.deploy.bootstrap import STORE_PASS_ENV
 from qinfra.deploy.preview import PLAN_OUTPUT, plan_record
-from qinfra.deploy.targets import TARGETS, DeployInput
+from qinfra.deploy.targets import DeployInput
+from qinfra.deploy.targets.registry import program_for
 from qinfra.planning.stack import plan_for
 from qinfra.quality.gate_check import check_gate
 from qinfra.serving.render import render_stack
@@ -39,7 +40,7 @@ def main() -> None:
         missing = [f"{v.name}: {'; '.join(v.refused[:3])}" for v in plan.variants if v.chosen is None]
         raise NoFitError(f"stack {spec.name} does not fit its fleet: " + " | ".join(missing)
                          + f". Run `qinfra plan --stack {spec.name}` for every term.")
-    deployed = TARGETS[spec.target]()(DeployInput(spec, plan, render_stack(spec, plan)))
+    deployed = program_for(spec.target)(DeployInput(spec, plan, render_stack(spec, plan)))
     pulumi.export("variants", deployed.variants)
     pulumi.export("stage", spec.rollout.stage.value)
     pulumi.export(PLAN_OUTPUT, plan_record(plan))  # what `qinfra preview` compares against

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from qinfra.core.formats import Engine, Format, KvCacheDtype
+from qinfra.core.hardware import Gpu
+from qinfra.core.modelinfo import ModelInfo
 from qinfra.planning.flags import EngineFlags
 
 GIB = 2**30
@@ -101,6 +104,28 @@ class EnginePlan:
         return sum(t.bytes for t in self.terms if t.name in OVERHEAD_TERMS)
 
 
+class GpuSizing(StrEnum):
+    """How the fleet sizing lays an engine out on a GPU machine (planning/sizing.py)."""
+
+    TENSOR_PARALLEL = "tensor_parallel"  # the smallest TP that fits, small models k per GPU
+    SLOTS = "slots"  # one server per GPU, slots for the share, threads from the vCPUs
+
+
+# (model, format, GPU or None for host RAM, options, host memory GiB) -> the engine's plan
+PlanFn = Callable[[ModelInfo, Format, Gpu | None, EngineOptions, float], EnginePlan]
+
+
+@dataclass(frozen=True)
+class EnginePlanner:
+    """The planning half of one engine's registry row (planning/engines.py): its memory
+    accounting, the flags type its plans carry and how the sizing lays it out."""
+
+    engine: Engine
+    plan: PlanFn
+    flags_type: type[EngineFlags]
+    gpu_sizing: GpuSizing
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -125,6 +150,9 @@ __all__ = [
     "OVERHEAD_TERMS",
     "EngineOptions",
     "EnginePlan",
+    "EnginePlanner",
+    "GpuSizing",
+    "PlanFn",
     "Term",
     "TermName",
 ]

@@ -16,6 +16,8 @@ from qinfra.planning.engine_plan import (
     GIB,
     EngineOptions,
     EnginePlan,
+    EnginePlanner,
+    GpuSizing,
     Term,
     TermName,
     context_errors,
@@ -177,7 +179,11 @@ def plan_llama_cpp(
     )
 
 
+PLANNER = EnginePlanner(Engine.LLAMA_CPP, plan_llama_cpp, LlamaCppFlags, GpuSizing.SLOTS)
+
+
 __all__ = [
+    "PLANNER",
     "kv_bytes_per_token_llama_cpp",
     "llama_cpp_cache_type",
     "plan_llama_cpp",

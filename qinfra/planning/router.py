@@ -1,6 +1,7 @@
 """The router's part of a stack's plan: what the front door runs on each target, what it costs,
-and the weights it serves. Pure, like the fleet sizing beside it, so a preview's plan delta and
-`qinfra plan` read the router from the stack file, never from Pulumi resources.
+and the weights it serves; one builder per target, which planning/targets.py's table names.
+Pure, like the fleet sizing beside it, so a preview's plan delta and `qinfra plan` read the
+router from the stack file, never from Pulumi resources.
 
 The figures the targets build from live here too (replicas, machine type, pod requests, port):
 the serving contexts and the aws program import them, so the plan cannot drift from what runs.
@@ -83,19 +84,29 @@ def served_shadow_percent(spec: StackSpec) -> float:
     return float(spec.router.shadow_percent) if quantized > 0 else 0.0
 
 
-def plan_router(spec: StackSpec, catalog: Catalog) -> RouterPlan:
-    """The router of `spec`'s target. KeyError when the instance table lacks the router's
-    machine type (the aws plan tests read it from the shipped table)."""
-    weights = MappingProxyType(dict(spec.rollout.traffic_percent()))
-    shadow = served_shadow_percent(spec)
-    if spec.target is Target.AWS:
-        machine = catalog.cpu_instances[ROUTER_INSTANCE_TYPE]
-        return RouterPlan(spec.target, weights, shadow, replicas=ROUTER_REPLICAS,
-                          instance_type=machine.name, machine_usd_per_hour=machine.usd_per_hour,
-                          artifact=spec.router.artifact)
-    if spec.target is Target.KUBERNETES:
-        return RouterPlan(spec.target, weights, shadow, replicas=ROUTER_REPLICAS,
-                          image=spec.router.image, cpu_request=ROUTER_CPU,
-                          memory_request=ROUTER_MEMORY)
+def _split(spec: StackSpec) -> tuple[Mapping[Variant, int], float]:
+    return MappingProxyType(dict(spec.rollout.traffic_percent())), served_shadow_percent(spec)
+
+
+def aws_router(spec: StackSpec, catalog: Catalog) -> RouterPlan:
+    """Router machines of the instance table's ROUTER_INSTANCE_TYPE, installing pinned wheels.
+    KeyError when the table lacks that type (the aws plan tests read it from the shipped table)."""
+    weights, shadow = _split(spec)
+    machine = catalog.cpu_instances[ROUTER_INSTANCE_TYPE]
+    return RouterPlan(spec.target, weights, shadow, replicas=ROUTER_REPLICAS,
+                      instance_type=machine.name, machine_usd_per_hour=machine.usd_per_hour,
+                      artifact=spec.router.artifact)
+
+
+def kubernetes_router(spec: StackSpec, catalog: Catalog) -> RouterPlan:
+    """Router pods of the pinned image with fixed requests."""
+    weights, shadow = _split(spec)
+    return RouterPlan(spec.target, weights, shadow, replicas=ROUTER_REPLICAS,
+                      image=spec.router.image, cpu_request=ROUTER_CPU, memory_request=ROUTER_MEMORY)
+
+
+def local_router(spec: StackSpec, catalog: Catalog) -> RouterPlan:
+    """One router process on the stack's own port."""
+    weights, shadow = _split(spec)
     return RouterPlan(spec.target, weights, shadow, replicas=LOCAL_ROUTER_REPLICAS,
                       port=spec.serving.port)

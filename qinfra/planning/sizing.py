@@ -4,15 +4,18 @@ replica count that hold the variant's share of the stack's concurrency. Pure."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qinfra.core.formats import Engine, Format
 from qinfra.core.hardware import Catalog, Gpu, InstanceType
 from qinfra.core.modelinfo import ModelInfo
 from qinfra.core.spec import StackSpec, Stage, Target, Variant, traffic_percent
-from qinfra.planning.engine_plan import GIB, EngineOptions, EnginePlan
+from qinfra.planning.engine_plan import GIB, EngineOptions, EnginePlan, GpuSizing
+from qinfra.planning.engines import planner_for
 from qinfra.planning.planner import plan_engine
-from qinfra.planning.router import RouterPlan, plan_router
+from qinfra.planning.router import RouterPlan
+from qinfra.planning.targets import plan_router, target_plan
 
 TP_SIZES = (1, 2, 4, 8)
 # Several engine instances share one GPU only when each keeps at least half of its slice of the
@@ -95,7 +98,7 @@ def sized_for_percent(stage: Stage, quantized_percent: int,
     local each variant is one llama-server whose slots are fixed when it starts, so one that takes
     any traffic is sized for all of it: the weights then move without restarting it."""
     quantized = traffic_percent(stage, quantized_percent)[Variant.QUANTIZED]
-    if target is Target.LOCAL and quantized > 0:
+    if target is not None and target_plan(target).whole_share_when_serving and quantized > 0:
         quantized = 100
     return {Variant.BASELINE: 100, Variant.QUANTIZED: quantized}
 
@@ -179,9 +182,16 @@ def _options(spec: StackSpec, tp: int, threads: int | None = None, util: float |
 def _gpu_option(
     spec: StackSpec, model: ModelInfo, fmt: Format, gpu: Gpu, itype: InstanceType, required: int
 ) -> FleetOption:
+    return _GPU_OPTION[planner_for(spec.serving.engine).gpu_sizing](spec, model, fmt, gpu, itype,
+                                                                    required)
+
+
+def _tensor_parallel_gpu_option(
+    spec: StackSpec, model: ModelInfo, fmt: Format, gpu: Gpu, itype: InstanceType, required: int
+) -> FleetOption:
+    """The smallest tensor parallelism that fits; a small model k engines per GPU where the
+    target lets engines share one."""
     limit = min(itype.gpus, spec.fleet.max_tensor_parallel)
-    if spec.serving.engine is Engine.LLAMA_CPP:
-        return _llama_gpu_option(spec, model, fmt, gpu, itype, required)
     plan = None
     for tp in (t for t in TP_SIZES if t <= limit):
         plan = plan_engine(model, fmt, gpu, _options(spec, tp))
@@ -203,7 +213,7 @@ def _replicas_per_gpu(
 ) -> int:
     """Small models run several engines per GPU, each with utilization / k, while every engine's
     weights and overheads stay within half of its slice."""
-    if plan.tensor_parallel_size != 1 or spec.target is not Target.AWS:
+    if plan.tensor_parallel_size != 1 or not target_plan(spec.target).engines_share_gpu:
         return 1  # Kubernetes schedules whole GPUs per pod; locally there is one engine each
     fixed = plan.weight_bytes + plan.overhead_bytes
     slice_bytes = gpu.memory_gib * spec.serving.gpu_memory_utilization * GIB
@@ -218,14 +228,24 @@ def _replicas_per_gpu(
     return best
 
 
-def _llama_gpu_option(
+def _slots_gpu_option(
     spec: StackSpec, model: ModelInfo, fmt: Format, gpu: Gpu, itype: InstanceType, required: int
 ) -> FleetOption:
+    """One server per GPU (tensor parallelism 1), its slots for the share, threads from the
+    machine's vCPUs per GPU."""
     threads = max(1, itype.vcpus // itype.gpus)
     probe = plan_engine(model, fmt, gpu, _options(spec, 1, threads=threads))
     slots = max(1, min(required or 1, int(probe.max_concurrency)))
     plan = plan_engine(model, fmt, gpu, _options(spec, 1, threads=threads, parallel=slots))
     return _priced(gpu.name, itype, 1, 1, plan, slots, required, itype.gpus)
+
+
+_GpuOption = Callable[[StackSpec, ModelInfo, Format, Gpu, InstanceType, int], FleetOption]
+# How each engine is laid out on a GPU machine: its EnginePlanner.gpu_sizing picks the row.
+_GPU_OPTION: dict[GpuSizing, _GpuOption] = {
+    GpuSizing.TENSOR_PARALLEL: _tensor_parallel_gpu_option,
+    GpuSizing.SLOTS: _slots_gpu_option,
+}
 
 
 def _cpu_option(spec: StackSpec, model: ModelInfo, fmt: Format, required: int) -> FleetOption:

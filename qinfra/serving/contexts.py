@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from qinfra.core.formats import VLLM_VERSION, Engine
+from qinfra.core.formats import VLLM_VERSION
 from qinfra.core.spec import StackSpec, Variant
 from qinfra.planning.flags import LlamaCppFlags, VllmFlags
 
@@ -27,12 +27,7 @@ VERIFY_IMAGE = "python:3.12-slim-bookworm"
 # Where the official server image keeps its binary (ENTRYPOINT ["/app/llama-server"]).
 LLAMA_SERVER_IN_IMAGE = "/app/llama-server"
 
-# Variables each engine reads its API key from by itself (vllm/envs.py VLLM_API_KEY; llama-server
-# --help: "--api-key KEY ... (env: LLAMA_API_KEY)"), so the key is never in a file or in argv.
-API_KEY_ENV = {Engine.VLLM: "VLLM_API_KEY", Engine.LLAMA_CPP: "LLAMA_API_KEY"}
-# Where the local target passes the key instead: the path of a 0600 file, so the key is in no
-# process's environment (llama-server --help: "--api-key-file FNAME ... (env: LLAMA_ARG_API_KEY_FILE)").
-API_KEY_FILE_ENV = {Engine.LLAMA_CPP: "LLAMA_ARG_API_KEY_FILE"}
+# The variables each engine reads its API key (or key file) from: serving/engines.py's rows.
 
 # On machines (aws, kubernetes) scripts and verified artifacts live at the same paths on the host
 # and in the engine container, so one rendered script serves both.
@@ -43,9 +38,9 @@ API_KEY_FILE = "/etc/qinfra/api-key.env"
 # Start-up budget, from process start to a warmed replica. Weights are read at EBS gp3's baseline
 # 125 MiB/s (AWS EBS User Guide, gp3 volumes: 125 MiB/s baseline throughput); vLLM adds profiling,
 # torch.compile and CUDA-graph capture (minutes on a first start), llama.cpp maps the file.
-# Estimates, generous on purpose: running out of budget restarts a healthy, slow replica.
+# Estimates, generous on purpose: running out of budget restarts a healthy, slow replica. Each
+# engine's fixed part is its row's fixed_start_s (serving/engines.py).
 READ_MIB_PER_S = 125
-ENGINE_FIXED_S = {Engine.VLLM: 300, Engine.LLAMA_CPP: 60}
 # aws only: the first `docker run` pulls the engine image (vLLM's is ~10 GB) within the budget.
 IMAGE_PULL_S = 600
 # aws fetch + verify: the S3 download and one re-read for hashing, each at the disk's rate.
@@ -266,6 +261,17 @@ class RouterMachineContext:
     sync_period_s: int
     graceful_s: int
     files: tuple[EmbeddedFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScrapeRule:
+    """How a target's Prometheus job finds the router (serving/scrape.py reads it from the
+    target's row in serving/render.py's TARGETS)."""
+
+    template: str
+    static: bool  # the router is on this machine, at qinfra:serving.port (local)
+    ec2_region: bool  # EC2 discovery in the stack's aws:region (aws)
+    pods: bool  # pod discovery in the namespace, by the container's named port (kubernetes)
 
 
 # The slowest token stream a busy replica still delivers, an estimate (qinfra's, not a vendor

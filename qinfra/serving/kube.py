@@ -6,7 +6,6 @@ import hashlib
 import math
 import re
 
-from qinfra.core.formats import Engine
 from qinfra.serving.contexts import (
     AWS_CLI_IMAGE,
     BIN,
@@ -19,6 +18,7 @@ from qinfra.serving.contexts import (
     LaunchContext,
     generation_s,
 )
+from qinfra.serving.engines import engine_launch
 from qinfra.serving.launch import VariantRender, engine_env, image
 
 _K8S_NAME = re.compile(r"[^a-z0-9-]+")
@@ -83,7 +83,7 @@ def kube_context(v: VariantRender, launch: LaunchContext, artifact: ArtifactCont
         verify_image=VERIFY_IMAGE,
         scripts=scripts,
         scripts_sha256=scripts_digest(scripts),
-        shared_memory=v.engine is Engine.VLLM,
+        shared_memory=engine_launch(v.engine).shared_memory,
         startup_period_s=PROBE_PERIOD_S,
         startup_failure_threshold=math.ceil(launch.startup_budget_s / PROBE_PERIOD_S),
         startup_timeout_s=WARMUP_REQUEST_S + 15,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +16,6 @@ from qinfra.core.fileio import write_atomic
 from qinfra.core.spec import StackSpec, Target, Variant
 from qinfra.planning.sizing import StackPlan
 from qinfra.serving.contexts import (
-    API_KEY_FILE_ENV,
     LLAMA_CPP_BUILD,
     PROBE_PERIOD_S,
     VLLM_IMAGE,
@@ -25,9 +24,11 @@ from qinfra.serving.contexts import (
     EmbeddedFile,
     LaunchInputs,
     MachineContext,
+    ScrapeRule,
     bin_path,
     template_values,
 )
+from qinfra.serving.engines import engine_launch
 from qinfra.serving.frontdoor import kube_router_context, machine_router_context, router_artifact
 from qinfra.serving.kube import kube_context
 from qinfra.serving.launch import (
@@ -114,7 +115,7 @@ def _render_local(env: jinja2.Environment, v: VariantRender) -> _Rendered:
     launch = launch_context(v, model_path=local_model_path(v), host=v.inputs.host or "127.0.0.1",
                             port=v.inputs.port or v.spec.serving.local_port(v.name))
     if launch.api_key_env is not None:  # the local target hands the key over as a 0600 file
-        launch = replace(launch, api_key_file_env=API_KEY_FILE_ENV.get(v.engine))
+        launch = replace(launch, api_key_file_env=engine_launch(v.engine).api_key_file_env)
     template, script = launch_template(v.engine)
     return {
         Path(v.name, script): render_template(env, template, launch, v.name),
@@ -220,17 +221,27 @@ def _render_router_kubernetes(env: jinja2.Environment, spec: StackSpec) -> _Rend
     }
 
 
-# The targets whose router is rendered here; the local target starts its router as a process.
-_ROUTERS: dict[Target, Callable[[jinja2.Environment, StackSpec], _Rendered]] = {
-    Target.AWS: _render_router_aws,
-    Target.KUBERNETES: _render_router_kubernetes,
-}
+@dataclass(frozen=True)
+class TargetRendering:
+    """The serving half of the target registry: one row per Target (deploy/targets/registry.py
+    and planning/targets.py hold the other halves)."""
+
+    variant: Callable[[jinja2.Environment, VariantRender], _Rendered]  # one variant's files
+    # The router's files; None where the target starts its router as a process (local).
+    router: Callable[[jinja2.Environment, StackSpec], _Rendered] | None
+    scrape: ScrapeRule  # the Prometheus job of `qinfra render --what scrape-config`
 
 
-_TARGETS: dict[Target, Callable[[jinja2.Environment, VariantRender], _Rendered]] = {
-    Target.LOCAL: _render_local,
-    Target.AWS: _render_aws,
-    Target.KUBERNETES: _render_kubernetes,
+TARGETS: dict[Target, TargetRendering] = {
+    Target.LOCAL: TargetRendering(
+        _render_local, None,
+        ScrapeRule("prometheus/scrape-local.yml.j2", static=True, ec2_region=False, pods=False)),
+    Target.AWS: TargetRendering(
+        _render_aws, _render_router_aws,
+        ScrapeRule("prometheus/scrape-aws.yml.j2", static=False, ec2_region=True, pods=False)),
+    Target.KUBERNETES: TargetRendering(
+        _render_kubernetes, _render_router_kubernetes,
+        ScrapeRule("prometheus/scrape-kubernetes.yml.j2", static=False, ec2_region=False, pods=True)),
 }
 
 
@@ -259,11 +270,12 @@ def render_stack(
     env = environment(templates)
     checked = [check_variant(spec, plan, name, i, inputs.get(name, LaunchInputs()))
                for i, name in enumerate(Variant)]
+    rendering = TARGETS[spec.target]
     out: dict[Path, str] = {}
     for v in checked:
-        out.update(_TARGETS[spec.target](env, v))
-    if spec.target in _ROUTERS:
-        out.update(_ROUTERS[spec.target](env, spec))
+        out.update(rendering.variant(env, v))
+    if rendering.router is not None:
+        out.update(rendering.router(env, spec))
     return dict(sorted(out.items()))
 
 
@@ -292,10 +304,12 @@ __all__ = [
     "LLAMA_CPP_BUILD",
     "PROBE_PERIOD_S",
     "ROUTER",
+    "TARGETS",
     "USER_DATA_MAX_BYTES",
     "VLLM_IMAGE",
     "ArtifactContext",
     "LaunchInputs",
+    "TargetRendering",
     "environment",
     "render_files",
     "render_stack",

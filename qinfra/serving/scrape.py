@@ -14,20 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qinfra.core.analysis_spec import QINFRA_STACK_LABEL, AnalysisSpec
-from qinfra.core.spec import StackSpec, Target
+from qinfra.core.spec import StackSpec
 from qinfra.serving.contexts import METRICS_PATH
 from qinfra.serving.frontdoor import ROUTER_PORT
 from qinfra.serving.kube import k8s_name
-from qinfra.serving.render import environment, render_template
+from qinfra.serving.render import TARGETS, environment, render_template
 
 FOLDER = "prometheus"  # beside the variants' folders in `qinfra render --out`
 FILE = "scrape-config.yml"
 PORT_NAME = "http"  # the router container's named port (templates/kubernetes/router-deployment)
 # Prometheus' own default scrape timeout; a timeout may not exceed the interval.
 DEFAULT_TIMEOUT_S = 10.0
-TEMPLATES = {Target.AWS: "prometheus/scrape-aws.yml.j2",
-             Target.KUBERNETES: "prometheus/scrape-kubernetes.yml.j2",
-             Target.LOCAL: "prometheus/scrape-local.yml.j2"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ def scrape_context(spec: StackSpec) -> ScrapeContext:
     """The job for the stack's target, at the analysis' scrape interval (its default when the
     stack has no qinfra:analysis yet)."""
     interval_s = (spec.analysis or AnalysisSpec()).scrape_interval_s
-    kube = spec.target is Target.KUBERNETES
+    rule = TARGETS[spec.target].scrape
     region = spec.provider_config.get("aws:region")
     return ScrapeContext(
         stack=spec.name,
@@ -92,14 +89,14 @@ def scrape_context(spec: StackSpec) -> ScrapeContext:
         scrape_interval=_duration(interval_s),
         scrape_timeout=_duration(min(interval_s, DEFAULT_TIMEOUT_S)),
         metrics_path=METRICS_PATH,
-        port=spec.serving.port if spec.target is Target.LOCAL else ROUTER_PORT,
-        region=str(region) if region and spec.target is Target.AWS else None,
+        port=spec.serving.port if rule.static else ROUTER_PORT,
+        region=str(region) if region and rule.ec2_region else None,
         ec2_filters=(("tag:qinfra:stack", spec.name), ("tag:Name", router_machine_name(spec.name)),
                      ("instance-state-name", "running")),
-        namespace=str(spec.provider_config.get("kubernetes:namespace") or "default") if kube else None,
+        namespace=str(spec.provider_config.get("kubernetes:namespace") or "default") if rule.pods else None,
         pod_labels=tuple((_meta_label(k), _literal(v)) for k, v in router_selector(spec.name)),
-        port_name=PORT_NAME if kube else None,
-        static_target=f"127.0.0.1:{spec.serving.port}" if spec.target is Target.LOCAL else None,
+        port_name=PORT_NAME if rule.pods else None,
+        static_target=f"127.0.0.1:{spec.serving.port}" if rule.static else None,
     )
 
 
@@ -107,7 +104,7 @@ def render_scrape_config(spec: StackSpec, *, templates: Path | None = None) -> d
     """{prometheus/scrape-config.yml: text}, the shape render_stack returns, so write_rendered
     writes it. Pure; RenderError for a template fault."""
     ctx = scrape_context(spec)
-    text = render_template(environment(templates), TEMPLATES[spec.target], ctx, FOLDER)
+    text = render_template(environment(templates), TARGETS[spec.target].scrape.template, ctx, FOLDER)
     return {Path(FOLDER, FILE): text}
 
 
