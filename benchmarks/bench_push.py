@@ -39,7 +39,8 @@ from qinfra.artifacts.hashcache import HashCache  # noqa: E402
 from qinfra.artifacts.hashing import Hasher, HashingReader  # noqa: E402
 from qinfra.artifacts.progress import NO_PROGRESS  # noqa: E402
 from qinfra.artifacts.push import PushResult, push  # noqa: E402
-from qinfra.artifacts.stores import MIB, TransferSettings, open_store  # noqa: E402
+from qinfra.artifacts.store_open import open_store  # noqa: E402
+from qinfra.artifacts.stores import MIB, TransferSettings  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qinfra.artifacts.stores import Store, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import Store
 
 # The real moto S3 server and its fixtures (s3_server, s3_endpoint, s3_bucket), for every test.
 # (Imported as a plugin, not above, so that pytest rewrites its asserts.)

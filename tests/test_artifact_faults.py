@@ -229,7 +229,7 @@ def test_dot_segments_in_a_pin_stop_the_stack_file(stacks: Path) -> None:
 
 def test_s3_object_without_our_checksum_is_not_trusted(s3_bucket: str, tmp_path: Path) -> None:
     """An object written by hand with a copied digest but no S3 checksum is sent again."""
-    from qinfra.artifacts.stores import open_store
+    from qinfra.artifacts.store_open import open_store
 
     store = open_store(f"s3://{s3_bucket}/models", SMALL_PARTS)
     model = _model(tmp_path / "model")

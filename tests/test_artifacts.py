@@ -21,7 +21,8 @@ from qinfra.artifacts.manifest import FileEntry, Manifest
 from qinfra.artifacts.progress import NO_PROGRESS
 from qinfra.artifacts.push import push, push_stack
 from qinfra.artifacts.s3store import S3Store
-from qinfra.artifacts.stores import MIB, Store, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import MIB, Store
 from qinfra.artifacts.verify import verify
 from qinfra.cli.artifacts import artifacts as artifacts_cli
 from qinfra.core.artifact_uri import artifact_uri

@@ -14,6 +14,7 @@ tests/test_auto_rollout_shadow.py.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -147,7 +148,9 @@ def test_too_little_traffic_holds_and_changes_nothing(project):
 
 def test_a_killed_quantized_engine_is_rolled_back_and_committed(project):
     """Step 50 passes and 75 is applied and committed; then the quantized llama-server is
-    killed: the error-rate check fails the next window and the rollback is applied at once."""
+    killed, again each time its supervisor restarts it (a crash loop): the router fails its
+    users over to the baseline and counts them, the error-rate check fails the next window and
+    the rollback is applied at once."""
     fault: dict[str, float] = {}
     done = threading.Event()
 
@@ -164,10 +167,16 @@ def test_a_killed_quantized_engine_is_rolled_back_and_committed(project):
         while not applied(75):
             if done.wait(0.05):
                 return
-        os.kill(int((project["run"] / "quantized" / "server.pid").read_text()), signal.SIGKILL)
+        # a crash loop: the local supervisor restarts a killed engine in about a second, so
+        # the engine is killed again each time it comes back, until the rollback
         fault["start"] = time.monotonic()
+        killed: set[int] = set()
         while weight() != 0 and not done.wait(0.02):
-            pass
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((project["run"] / "quantized" / "server.pid").read_text())
+                if pid not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
         fault["baseline_only"] = time.monotonic()
 
     injector = threading.Thread(target=inject, daemon=True)
@@ -312,8 +321,8 @@ def test_a_stalled_quantized_engine_is_rolled_back_by_the_latency_check(project)
     ("full", 100, None),      # nothing left to do
 ])
 def test_where_a_run_starts(stage, percent, index):
-    from qinfra.cli.auto_rollout import start_index
     from qinfra.core.spec import Stage, load_stack
+    from qinfra.deploy.auto_rollout import start_index
 
     spec = load_stack("local", ROOT / "stacks")
     rollout = spec.rollout.model_copy(update={"stage": Stage(stage), "quantized_percent": percent,

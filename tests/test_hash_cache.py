@@ -16,7 +16,8 @@ from qinfra.artifacts.hashcache import FileStamp, HashCache
 from qinfra.artifacts.hashing import Hasher, SourceFile
 from qinfra.artifacts.progress import NO_PROGRESS
 from qinfra.artifacts.push import push
-from qinfra.artifacts.stores import MIB, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import MIB
 from qinfra.artifacts.verify import verify
 
 SIZE = 1 * MIB + 5

@@ -12,7 +12,13 @@ import pytest
 from qinfra.artifacts.fetch import fetch
 from qinfra.artifacts.hashing import Hasher
 from qinfra.artifacts.push import push
-from qinfra.artifacts.stores import MIB, STAGING_DIR, StagingStore, Store, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import (
+    MIB,
+    STAGING_DIR,
+    StagingStore,
+    Store,
+)
 from qinfra.artifacts.verify import verify
 from qinfra.core.artifact_uri import is_artifact_id
 from qinfra.core.errors import ArtifactError

@@ -14,7 +14,13 @@ import pytest
 
 from qinfra.artifacts.filestore import FileStore
 from qinfra.artifacts.s3store import SHA256_METADATA_KEY, S3Store
-from qinfra.artifacts.stores import MIB, Store, StoredObject, Upload, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import (
+    MIB,
+    Store,
+    StoredObject,
+    Upload,
+)
 from qinfra.core.errors import ArtifactError
 from tests.s3server import SMALL_PARTS
 

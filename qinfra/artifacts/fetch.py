@@ -17,6 +17,7 @@ from qinfra.core.fileio import write_atomic
 from qinfra.core.formats import Format, format_info
 from qinfra.core.hub import hub_errors, is_hub_id
 from qinfra.core.modelinfo import DEMO_MODEL_ID
+from qinfra.core.paths import project_root
 from qinfra.serving.llamacpp import QuantizeRecipe
 
 CACHE_DIR_ENV = "QINFRA_CACHE_DIR"
@@ -53,15 +54,9 @@ def cache_dir(stack_path: Path | None = None) -> Path:
     .qinfra/cache beside the project's stacks/ folder (or the current directory)."""
     if env := os.environ.get(CACHE_DIR_ENV):
         return Path(env)
-    root = stack_path.resolve().parent.parent if stack_path else _project_root(Path.cwd())
+    # a dynamic provider runs in the program's folder: its cache is still the project's
+    root = stack_path.resolve().parent.parent if stack_path else project_root() or Path.cwd().resolve()
     return root / ".qinfra" / "cache"
-
-
-def _project_root(start: Path) -> Path:
-    """The folder holding Pulumi.yaml at or above `start`: a dynamic provider runs in the
-    program's folder, and its cache must still be the project's."""
-    here = start.resolve()
-    return next((f for f in (here, *here.parents) if (f / "Pulumi.yaml").is_file()), here)
 
 
 def project_hash_cache(stack_path: Path | None = None) -> HashCache:

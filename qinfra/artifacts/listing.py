@@ -8,7 +8,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
-from qinfra.artifacts.stores import STAT_THREADS, TransferSettings, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import STAT_THREADS, TransferSettings
 from qinfra.core.artifact_uri import artifact_uri, is_artifact_id
 from qinfra.serving.llamacpp import QuantizeRecipe
 

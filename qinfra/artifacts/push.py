@@ -21,6 +21,7 @@ from qinfra.artifacts.hashcache import FileStamp
 from qinfra.artifacts.hashing import HashedFile, Hasher, SourceFile, stat_source
 from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
+from qinfra.artifacts.store_open import open_store
 from qinfra.artifacts.stores import (
     STAGING_DIR,
     STAT_THREADS,
@@ -31,13 +32,13 @@ from qinfra.artifacts.stores import (
     StoredObject,
     TransferSettings,
     Upload,
-    open_store,
     sha256_matches,
 )
 from qinfra.core.artifact_uri import artifact_uri
 from qinfra.core.errors import ArtifactError
 from qinfra.core.formats import format_info
 from qinfra.core.spec import Variant
+from qinfra.core.stack_keys import artifact_key
 from qinfra.serving.llamacpp import QuantizeRecipe
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Pin:
         statement of what runs, so it is restored as pinned or not at all."""
         if made != str(split_artifact_uri(self.uri)):
             raise ArtifactError(
-                f"qinfra:variants.{self.variant.value}.artifact pins {self.uri}, which its store "
+                f"{artifact_key(self.variant.value)} pins {self.uri}, which its store "
                 f"does not hold, and the variant's source now makes {made}. To fix: `qinfra "
                 f"artifacts push --stack {self.stack}` pushes and re-pins (review the diff), or "
                 "correct the pin"
@@ -286,4 +287,4 @@ def pin_state(spec: StackSpec, settings: TransferSettings | None = None) -> PinS
 
 def pins(results: dict[Variant, PushResult]) -> dict[str, str]:
     """The stack-file updates that pin pushed artifacts (`qinfra:variants.<v>.artifact`)."""
-    return {f"qinfra:variants.{name.value}.artifact": r.uri for name, r in results.items()}
+    return {artifact_key(name.value): r.uri for name, r in results.items()}

@@ -25,14 +25,16 @@ from qinfra.artifacts.fetch import Fetched, cache_dir, project_hash_cache
 from qinfra.artifacts.hashing import Hasher, SourceFile
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
 from qinfra.artifacts.push import PushResult, push
-from qinfra.artifacts.stores import TransferSettings, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import TransferSettings
 from qinfra.core.errors import ArtifactError
-from qinfra.core.spec import Target
+from qinfra.core.stack_keys import ROUTER_ARTIFACT
+from qinfra.planning.targets import target_plan
 
 if TYPE_CHECKING:
     from qinfra.core.spec import StackSpec
 
-PIN_KEY = "qinfra:router.artifact"
+PIN_KEY = ROUTER_ARTIFACT
 # What `import qinfra.serving.router` and `python -m qinfra.serving.router` load, by distribution
 # (tests/test_router_artifact.py holds this to the real import closure), plus h11 (uvicorn's
 # required HTTP parser) and pip itself (templates/router/install.sh.j2 installs with it).
@@ -56,7 +58,7 @@ PIP_TIMEOUT_S = 600
 def wanted(spec: StackSpec) -> bool:
     """Target aws with an S3 store: its router machines install from wheels pinned there (a
     file:// store cannot reach a machine, and other targets run the router otherwise)."""
-    return spec.target is Target.AWS and spec.artifacts.store.startswith("s3://")
+    return target_plan(spec.target).router_wheels and spec.artifacts.store.startswith("s3://")
 
 
 def requirements() -> tuple[str, ...]:

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from qinfra.artifacts.progress import ProgressFn
-from qinfra.core.artifact_uri import STORE_URI_SHAPE, StoreScheme, parse_store_uri
+from qinfra.core.artifact_uri import STORE_URI_SHAPE, parse_store_uri
 from qinfra.core.errors import ArtifactError
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
 
-    from qinfra.artifacts.hashcache import HashCache
 
 MIB = 1024 * 1024
 # Big enough that hashlib (which releases the GIL for updates over 2 KiB) spends its time in C,
@@ -152,23 +151,6 @@ def checked_store_uri(uri: str) -> str:
             f"store '{uri}' is neither {STORE_URI_SHAPE.replace(' or ', ' nor ')}. "
             "To fix: correct qinfra:artifacts.store or --to"
         ) from None
-
-
-def open_store(
-    uri: str, settings: TransferSettings | None = None, cache: HashCache | None = None
-) -> Store:
-    """The store for `s3://bucket[/prefix]` or `file:///abs/path`; ArtifactError otherwise.
-
-    `cache` lets a file store skip re-reading objects it wrote whose identity is unchanged
-    (S3 reports its own checksums, so it needs none)."""
-    uri = checked_store_uri(uri)
-    if uri.startswith(f"{StoreScheme.S3}://"):
-        from qinfra.artifacts.s3store import S3Store
-
-        return S3Store(uri, settings or TransferSettings())
-    from qinfra.artifacts.filestore import FileStore
-
-    return FileStore(uri, cache)
 
 
 def sha256_matches(obj: StoredObject | None, size: int, sha256: str) -> bool:

@@ -17,7 +17,8 @@ from qinfra.artifacts.manifest import (
     split_artifact_uri,
 )
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
-from qinfra.artifacts.stores import STAT_THREADS, StoredObject, TransferSettings, open_store
+from qinfra.artifacts.store_open import open_store
+from qinfra.artifacts.stores import STAT_THREADS, StoredObject, TransferSettings
 from qinfra.core.errors import ArtifactError
 
 

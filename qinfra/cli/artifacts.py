@@ -94,7 +94,7 @@ def push(
         return
     from qinfra.artifacts.fetch import project_hash_cache
     from qinfra.artifacts.hashing import Hasher
-    from qinfra.artifacts.stores import open_store
+    from qinfra.artifacts.store_open import open_store
 
     assert src is not None and store is not None
     with progress_bars(quiet=as_json) as progress:

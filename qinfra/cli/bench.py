@@ -14,6 +14,7 @@ import click
 from qinfra.cli.command import Group
 from qinfra.cli.output import echo_json
 from qinfra.core.errors import SpecError
+from qinfra.core.paths import project_root
 
 API_KEY_ENV = "QINFRA_API_KEY"
 _SHOWN = ("request_throughput", "output_throughput", "mean_ttft_ms", "median_ttft_ms",
@@ -103,7 +104,7 @@ def _run(stack: str | None, target: str, n: int, concurrency: int | None, rate_t
               ("input_tokens", "dataset" if dataset else input_tokens),
               ("output_tokens", output_tokens))
     run = runner.BenchRun(where.target, tuple(requests), load, seed, limits, labels)
-    folder = runner.results_dir(_project_root())
+    folder = runner.results_dir(project_root() or Path.cwd().resolve())
     if sweep:
         _sweep(run, where, folder, as_json, out)
         return
@@ -148,12 +149,12 @@ def _resolve(stack: str | None, target: str, model: str | None) -> _Where:
     if not stack:
         raise click.UsageError(f"--target {target} reads the stack's outputs: pass --stack NAME "
                                "(or give --target a URL)")
-    from qinfra.core.spec import Variant, load_stack
-    from qinfra.deploy.engine import Deployer
+    from qinfra.core.spec import Variant
+    from qinfra.deploy.operations import Stack
     from qinfra.quality.bench_workload import BenchError
 
-    spec = load_stack(stack)
-    outputs = Deployer(stack, backend=spec.backend).outputs()
+    spec = (handle := Stack.open(stack, check=False)).spec
+    outputs = handle.deployer.outputs()
     variant = None if target == "router" else Variant(target)
     url = (outputs.get("endpoint") if variant is None
            else ((outputs.get("variants") or {}).get(variant.value) or {}).get("endpoint"))
@@ -208,11 +209,6 @@ def _add_cost(result: dict[str, Any], usd_per_hour: float | None) -> None:
     result["usd_per_hour"] = usd_per_hour
     result["usd_per_million_output_tokens"] = usd_per_million_output_tokens(
         usd_per_hour, result["output_throughput"])
-
-
-def _project_root() -> Path:
-    here = Path.cwd().resolve()
-    return next((d for d in (here, *here.parents) if (d / "Pulumi.yaml").is_file()), here)
 
 
 def _progress(total: int, quiet: bool, title: str) -> AbstractContextManager[Any]:

@@ -13,7 +13,7 @@ import click
 import click.formatting
 
 from qinfra.cli.helptext import help_width
-from qinfra.core.errors import QinfraError
+from qinfra.core.errors import Declined, NeedsConsent, QinfraError
 
 
 class UserError(click.ClickException):
@@ -42,6 +42,10 @@ class Command(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Declined:
+            raise click.Abort() from None
+        except NeedsConsent as exc:
+            raise click.UsageError(exc.message, ctx) from None
         except QinfraError as exc:
             raise UserError(exc.message, exc.exit_code) from exc
 

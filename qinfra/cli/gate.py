@@ -4,7 +4,7 @@ beside the artifact, and pin it in the stack file."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,10 +13,8 @@ from qinfra.cli.output import echo_json
 from qinfra.core.formats import Format
 
 if TYPE_CHECKING:
-    from qinfra.core.spec import StackSpec
     from qinfra.quality.gate import GateResult
 
-GATE_PIN = "qinfra:variants.quantized.gate"
 _QUANTIZED = [f.value for f in Format if f.value.startswith("gguf-") and f.value != "gguf-f16"]
 
 
@@ -31,7 +29,8 @@ _QUANTIZED = [f.value for f in Format if f.value.startswith("gguf-") and f.value
 @click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Evaluation text (default: the shipped 10 KB text).")
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Online method: prompts, one per line (default: the shipped set).")
+              help="Prompts, one per line, each optionally followed by ' => ' and its accepted "
+              "answers separated by ' | ' (default: the shipped set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and figures as JSON.")
 @click.pass_context
 def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized: str | None,
@@ -60,7 +59,7 @@ def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized:
 
         assert baseline is not None and quantized is not None
         result = run_gate(baseline, quantized, store=None, cache=cache_dir(), text=text,
-                          formats=(None, Format(fmt) if fmt else None))
+                          formats=(None, Format(fmt) if fmt else None), prompts=prompts)
     if as_json:
         echo_json({**result.to_json(), "diff": diff})
     else:
@@ -74,55 +73,11 @@ def gate(ctx: click.Context, stack: str | None, baseline: str | None, quantized:
 
 def _gate_stack(stack: str, text: Path | None, prompts: Path | None,
                 quiet: bool = False) -> tuple[GateResult, str]:
-    from qinfra.artifacts.fetch import cache_dir
-    from qinfra.cli.stack import _ensure_artifacts
-    from qinfra.core.errors import SpecError
-    from qinfra.core.formats import format_info
-    from qinfra.core.spec import Variant, load_stack
-    from qinfra.deploy.stackfile import update_stack_file
-    from qinfra.quality.gate import run_gate
+    from qinfra.cli.terminal import TerminalEvents
+    from qinfra.deploy.gate_run import gate_stack
+    from qinfra.deploy.operations import Stack
 
-    # what the gate measures must be in the store: push and pin it as `up` does
-    spec = _ensure_artifacts(load_stack(stack), quiet=quiet)
-    assert spec.path is not None
-    pins = {v: spec.variants.of(v).artifact for v in Variant}
-    unpinned = [v.value for v, uri in pins.items() if uri is None]
-    if unpinned:
-        raise SpecError(f"stack {stack} pins no artifact for {', '.join(unpinned)}; the gate "
-                        f"measures pinned artifacts. To fix: qinfra artifacts push --stack {stack}")
-    base_uri, quant_uri = str(pins[Variant.BASELINE]), str(pins[Variant.QUANTIZED])
-    store = quant_uri.rstrip("/").rpartition("/")[0]
-    overrides = _overrides(spec)
-    if all(format_info(spec.variants.of(v).format).is_gguf for v in Variant):
-        result = run_gate(base_uri, quant_uri, store=store, cache=cache_dir(spec.path),
-                          text=text, overrides=overrides,
-                          formats=(spec.variants.baseline.format, spec.variants.quantized.format))
-    else:
-        result = _gate_online(spec, store, prompts, overrides)
-    return result, update_stack_file(spec.path, {GATE_PIN: result.report_uri})
-
-
-def _overrides(spec: StackSpec) -> dict[str, Any]:
-    return spec.gate.thresholds()
-
-
-def _gate_online(spec: StackSpec, store: str, prompts: Path | None,
-                 overrides: dict[str, Any]) -> GateResult:
-    """The online method against the endpoints the deployed stack exports."""
-    from qinfra.core.errors import DeployError
-    from qinfra.core.spec import Variant
-    from qinfra.deploy.engine import Deployer
-    from qinfra.quality.gate import run_online_gate
-
-    variants = Deployer(spec.name).outputs().get("variants") or {}
-    endpoints = {v: (variants.get(v.value) or {}).get("endpoint") for v in Variant}
-    down = [v.value for v, ep in endpoints.items() if not ep]
-    if down:
-        raise DeployError(f"stack {spec.name} exports no endpoint for {', '.join(down)}; the "
-                          "online gate asks both running variants. To fix: qinfra up --stack "
-                          f"{spec.name} with both variants running (stage ab_test), then gate")
-    return run_online_gate(spec, {v: str(ep) for v, ep in endpoints.items()}, store=store,
-                           prompts=prompts, overrides=overrides)
+    return gate_stack(Stack.open(stack, TerminalEvents(as_json=quiet)), text, prompts)
 
 
 def describe(result: GateResult) -> list[str]:
@@ -137,6 +92,10 @@ def describe(result: GateResult) -> list[str]:
                    f"similarity {m['similarity']:.0%} over {m['prompts']} prompts")
     lines = [f"{r.verdict.value.upper()}: {r.quantized.format} vs {r.baseline.format} "
              f"({r.method.value}): {figures}"]
+    if answers := m.get("answers"):
+        from qinfra.quality.gate_answers import summary
+
+        lines.append(f"  answers: {summary(answers)}")
     lines += [f"  fails: {reason}" for reason in r.reasons]
     lines.append(f"report: {result.report_uri}")
     return lines

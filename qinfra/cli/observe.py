@@ -1,18 +1,15 @@
-"""Read-only stack commands (status, history): what a stack runs and how it got there.
-
-Apart from qinfra/cli/stack.py, whose commands change a stack; they share its options and loader.
-"""
+"""Read-only stack commands (status, history): what a stack runs and how it got there, as
+qinfra.deploy.observe reads it. Apart from qinfra/cli/stack.py, whose commands change a stack."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from qinfra.cli.command import Command
-from qinfra.cli.output import echo_json
-from qinfra.cli.stack import _console, _json_option, _load, _stack_option
+from qinfra.cli.options import json_option, stack_option
+from qinfra.cli.output import console, echo_json
 
 DEFAULT_PAGE = 20  # history entries a page shows: a screenful
 _ENDPOINT_COLUMNS = ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint")
@@ -47,76 +44,64 @@ def endpoints_table(stack: str, outputs: dict[str, Any]) -> Any:
 
 def print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
     """The front door first (what a client calls), then the variants behind it."""
-    console = _console()
+    out = console()
     if outputs.get("endpoint"):
-        console.print(f"endpoint: {outputs['endpoint']}", highlight=False)
-    console.print(endpoints_table(stack, outputs))
+        out.print(f"endpoint: {outputs['endpoint']}", highlight=False)
+    out.print(endpoints_table(stack, outputs))
+
+
+def _open(stack: str) -> Any:
+    from qinfra.deploy.operations import Stack
+
+    return Stack.open(stack)
 
 
 @click.command(cls=Command)
-@_stack_option
-@_json_option
+@stack_option
+@json_option
 def status(stack: str, as_json: bool) -> None:
     """The stack's outputs: stage, and per variant its traffic, replicas and endpoint; on
-    target local also each engine's memory, planned against what it allocated."""
-    from qinfra.cli.allocation import allocation, print_allocation
-    from qinfra.deploy.engine import Deployer
+    target local also each engine's memory, planned against what it allocated.
 
-    spec = _load(stack)
-    outputs = Deployer(stack, backend=spec.backend).outputs()
-    health = _health(outputs)
-    front = _health({"variants": {"endpoint": {"endpoint": outputs.get("endpoint")}}})
-    memory = allocation(spec, outputs)
+    On target local, exits 1 when the front door or a variant that takes traffic does not
+    answer its /health (so a monitor or a script can act on it); 3 when the stack was never
+    deployed.
+    """
+    from qinfra.cli.allocation import print_allocation
+    from qinfra.deploy.observe import status as read_status
+
+    now = read_status(_open(stack))
     if as_json:
-        echo_json({"stack": stack, "outputs": outputs, "health": health,
-                   "endpoint_health": front.get("endpoint"), "allocation": memory})
-    elif not outputs:
+        echo_json(now.to_json())
+    elif not now.outputs:
         click.echo(f"stack {stack} has nothing deployed; run `qinfra up --stack {stack}`")
     else:
-        print_endpoints(stack, outputs)
-        for name, state in {**front, **health}.items():
+        print_endpoints(stack, now.outputs)
+        front = {} if now.front is None else {"endpoint": now.front}
+        for name, state in {**front, **now.health}.items():
             colour = "green" if state == "ok" else "red"
-            _console().print(f"{name}: [{colour}]{state}[/]")
-        print_allocation(_console(), stack, memory)
-
-
-def _health(outputs: dict[str, Any]) -> dict[str, str]:
-    """GET <endpoint>/health of each variant that has its own endpoint (2 s each, in parallel)."""
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
-
-    def probe(url: str) -> str:
-        try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=2) as response:
-                return "ok" if response.status == 200 else f"http {response.status}"
-        except OSError as exc:
-            return f"unreachable ({getattr(exc, 'reason', exc)})"
-
-    endpoints = {name: v["endpoint"] for name, v in (outputs.get("variants") or {}).items()
-                 if isinstance(v, dict) and str(v.get("endpoint") or "").startswith("http")}
-    with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
-        return dict(zip(endpoints, pool.map(probe, endpoints.values()), strict=True))
+            console().print(f"{name}: [{colour}]{state}[/]")
+        print_allocation(console(), stack, now.allocation)
+    if now.down:
+        if not as_json:
+            click.echo(f"down: {', '.join(now.down)}", err=True)
+        click.get_current_context().exit(1)
 
 
 @click.command(cls=Command)
-@_stack_option
+@stack_option
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_PAGE, show_default=True,
               help="Entries per page; 0 for every entry.")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True,
               help="Which page, 1 the newest.")
-@_json_option
+@json_option
 def history(stack: str, limit: int, page: int, as_json: bool) -> None:
     """Every update of the stack, newest first and paged, with its number, result, stage,
     traffic and artifact URIs; failed updates included."""
-    from qinfra.deploy.engine import Deployer
-    from qinfra.deploy.history import entries, paged
+    from qinfra.deploy.history import paged
+    from qinfra.deploy.observe import history as read_history
 
-    spec = _load(stack)
-    every = entries(stack, Deployer(stack, backend=spec.backend).history())
-    from qinfra.quality.analysis_audit import applied_updates, audit_dir, link
-
-    every = link(every, applied_updates(audit_dir(spec.root or Path.cwd(), stack)))  # rollout --auto
-    shown = paged(every, limit, page)
+    shown = paged(read_history(_open(stack)), limit, page)
     if as_json:
         echo_json(shown.rows)
         return
@@ -133,7 +118,7 @@ def history(stack: str, limit: int, page: int, as_json: bool) -> None:
                       str(row["stage"]), " / ".join(f"{k} {v}%" for k, v in w.items()),
                       "\n".join(f"{k}: {v}" for k, v in (row["artifacts"] or {}).items()),
                       "skipped" if row["gate_skipped"] else "")
-    _console().print(table)
+    console().print(table)
 
 
 COMMANDS = (status, history)

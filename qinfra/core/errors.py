@@ -66,6 +66,16 @@ class NeverDeployedError(DeployError):
     exit_code = 3
 
 
+class Declined(QinfraError):
+    """The user answered "no" to a question; nothing was applied (the CLI prints `Aborted!`)."""
+
+
+class NeedsConsent(QinfraError):
+    """A change that would ask, with nobody to ask (no terminal, no --yes): a usage error."""
+
+    exit_code = 2
+
+
 def suggest(value: str, allowed: Iterable[str]) -> str:
     """`Did you mean 'x'?` for a near miss, else the empty string."""
     import difflib  # here, not at the top: every command imports this module, few suggest

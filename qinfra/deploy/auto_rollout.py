@@ -1,10 +1,14 @@
-"""`qinfra rollout --auto`: walk qinfra:rollout.steps, applying each as the same two-line stack
-edit `qinfra rollout --yes` applies, and let the analysis of every window decide: promote, roll
-back at once (exit 1), or hold for a human (exit 3).
+"""The metric-gated rollout (`qinfra rollout --auto`): walk qinfra:rollout.steps, applying each
+as the same two-line stack edit `qinfra rollout --yes` applies (one `Stack.step` transaction),
+and let the analysis of every window decide: promote, roll back at once (exit 1), or hold for a
+human (exit 3).
 
 The stack file always describes what is deployed: an interrupted apply (Ctrl-C, SIGTERM) puts
 the file back and tells the router the old weights, so a rerun resumes from the deployed step;
 with --commit every applied change is committed, naming its step, verdict and analysis id.
+The file is the operator's too: a manual rollback, rollout or hand edit made while this runs
+stops it (exit 4) before it applies anything more, and a Ctrl-C between applies ends it with
+exit 130 and says where traffic stands.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
 from qinfra.core.errors import DeployError, SpecError
-from qinfra.core.spec import StackSpec, Stage, Variant, load_stack
+from qinfra.core.spec import StackSpec, Stage, Variant
+from qinfra.deploy.operations import Stack, StackFileChanged
+from qinfra.deploy.rollout import RolloutEdit, rollback, rollout
 from qinfra.quality.analysis import StepOutcome, StepTally, Window, analyse, wait_until
 from qinfra.quality.analysis_audit import (
     AppliedUpdate,
@@ -34,6 +38,9 @@ from qinfra.quality.analysis_audit import (
 
 EXIT_ROLLED_BACK = 1
 EXIT_HELD = 3  # as Argo's Inconclusive: a human decides
+EXIT_STOPPED = 4  # someone else changed the stack file: their change stands
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports a SIGINT
+_FILE_CHECK_S = 1.0  # how often a wait looks whether someone else changed the stack file
 _READ_SLACK_S = 0.5  # after a window ends: the last scrape lands, then Prometheus answers
 
 
@@ -46,10 +53,11 @@ class Run:
     outcome: str = "promoted"
     exit_code: int = 0
     message: str = ""
+    traffic: dict[str, int] | None = None  # where traffic stands as the run ends (deployed)
 
     def to_json(self) -> dict[str, Any]:
         return {"stack": self.stack, "outcome": self.outcome, "exit_code": self.exit_code,
-                "message": self.message, "steps": self.steps}
+                "message": self.message, "steps": self.steps, "traffic_percent": self.traffic}
 
 
 def start_index(spec: StackSpec) -> int | None:
@@ -107,32 +115,6 @@ class _Interrupts:
             raise KeyboardInterrupt
 
 
-def _apply(spec: StackSpec, updates: dict[str, object]) -> tuple[float, float]:
-    """Edit the stack file, tell a local router at once, run the engine; (start, end) times.
-    Anything that stops the apply before it completes puts the file back and tells the router
-    the old weights, so file, router and the last completed update agree."""
-    from qinfra.cli.stack import _end_orphans, _tell_router
-    from qinfra.core.fileio import write_atomic
-    from qinfra.deploy.engine import Deployer
-    from qinfra.deploy.stackfile import update_stack_file
-
-    assert spec.path is not None
-    before = spec.path.read_bytes()
-    started = time.time()
-    try:
-        update_stack_file(spec.path, updates)
-        _tell_router(spec.name)
-        deployer = Deployer(spec.name, backend=spec.backend)
-        _end_orphans(deployer)
-        deployer.up()
-    except BaseException:
-        write_atomic(spec.path, before)
-        with contextlib.suppress(Exception):  # the original failure is what to report
-            _tell_router(spec.name)
-        raise
-    return started, time.time()
-
-
 def _commit(spec: StackSpec, message: str) -> str | None:
     """Commit the stack file alone; the new commit's id (None when nothing changed)."""
     assert spec.path is not None and spec.root is not None
@@ -157,50 +139,58 @@ def _require_git(spec: StackSpec) -> None:
                         "`git init` there, or run without --commit")
 
 
-def _deployed_percent(spec: StackSpec) -> int | None:
-    """The quantized share the last update deployed (its `variants` output); None if unknown."""
-    from qinfra.deploy.engine import Deployer
-
-    with contextlib.suppress(Exception):
-        outputs = Deployer(spec.name, backend=spec.backend).outputs()
-        quantized = (outputs.get("variants") or {}).get(Variant.QUANTIZED.value) or {}
-        return int(quantized["weight_percent"])
-    return None
 
 
 class AutoRollout:
-    """One automatic rollout of one stack (see the module docstring)."""
+    """One automatic rollout of one opened stack (see the module docstring)."""
 
-    def __init__(self, stack: str, commit: bool, say: Callable[[str], None]) -> None:
-        self.stack, self.commit, self.say = stack, commit, say
-        self.run = Run(stack)
+    def __init__(self, stack: Stack, commit: bool) -> None:
+        self.stack, self.commit = stack, commit
+        self.run = Run(stack.name)
         self.interrupts = _Interrupts()
+        self.expect = stack.path.read_bytes()  # what the file must hold at the next step
 
-    def _spec(self) -> StackSpec:
-        spec = load_stack(self.stack)
+    def say(self, message: str) -> None:
+        self.stack.events.progress(message)
+
+    def _check_analysis(self, spec: StackSpec) -> None:
         if spec.prometheus_url() is None:
             key = "qinfra:analysis" + ("" if spec.analysis is None else ".prometheus_url")
-            raise SpecError(f"stack {self.stack} has no {key}: `rollout --auto` judges each "
+            raise SpecError(f"stack {spec.name} has no {key}: `rollout --auto` judges each "
                             "step from the router's metrics in Prometheus. To fix: add "
                             "`qinfra:analysis: {}` (target local runs its own Prometheus) or "
                             "name your server in qinfra:analysis.prometheus_url")
-        return spec
 
-    def apply(self, spec: StackSpec, stage: Stage, percent: int, reason: str,
-              analysis_id: str | None, verdict: str | None) -> StackSpec:
+    def apply(self, edit: RolloutEdit, reason: str, analysis_id: str | None,
+              verdict: str | None) -> StackSpec:
         """Apply one two-line edit, record it for `history`, commit it with --commit."""
-        updates = {"qinfra:rollout.stage": stage.value, "qinfra:rollout.quantized_percent": percent}
-        self.say(f"applying {stage.value} {percent}% ({reason})")
+        spec = self.stack.spec
+        self.say(f"applying {edit.stage.value} {edit.quantized_percent}% ({reason})")
         with self.interrupts.deferred():
-            started, finished = _apply(spec, updates)
+            started = time.time()
+            result = self.stack.step(edit, self.expect)
+            finished = time.time()
+            assert result.written is not None
+            self.expect = result.written
             commit = None
             if self.commit:
-                commit = _commit(spec, f"rollout {spec.name}: {reason} -> {stage.value} "
-                                 f"{percent}% (verdict {verdict or 'none'}, analysis "
-                                 f"{analysis_id or 'none'})")
+                commit = _commit(spec, f"rollout {spec.name}: {reason} -> {edit.stage.value} "
+                                 f"{edit.quantized_percent}% (verdict {verdict or 'none'}, "
+                                 f"analysis {analysis_id or 'none'})")
             record_update(audit_dir(spec.root or Path.cwd(), spec.name), AppliedUpdate(
-                started, finished, stage.value, percent, reason, analysis_id, verdict, commit))
-        return load_stack(self.stack)
+                started, finished, edit.stage.value, edit.quantized_percent, reason, analysis_id,
+                verdict, commit))
+        return self.stack.spec
+
+    def _wait(self, moment: float) -> None:
+        """Sleep until `moment`, stopping at once when someone else changes the stack file."""
+        while (left := moment - time.time()) > 0:
+            wait_until(time.time() + min(left, _FILE_CHECK_S))
+            if self.stack.path.read_bytes() != self.expect:
+                raise StackFileChanged(
+                    f"{self.stack.path} changed while this automatic rollout analysed a step (a "
+                    "manual rollback or rollout, or a hand edit): stopped without applying "
+                    "anything; traffic stays as that change set it")
 
     def analyse_step(self, spec: StackSpec, percent: int) -> tuple[StepOutcome, str, list[Window]]:
         """Windows of `interval_s` after `initial_delay_s`, counted by StepTally until decided."""
@@ -215,7 +205,7 @@ class AutoRollout:
         start = time.time() + analysis.initial_delay_s
         while True:
             end = start + analysis.interval_s
-            wait_until(end + min(analysis.scrape_interval_s, analysis.interval_s) + _READ_SLACK_S)
+            self._wait(end + min(analysis.scrape_interval_s, analysis.interval_s) + _READ_SLACK_S)
             window = analyse(analysis, url, shadowing, analysis_id, len(windows), percent,
                              start, end, stack=spec.name)
             save_window(folder, window.to_json())
@@ -229,8 +219,9 @@ class AutoRollout:
                 return outcome, analysis_id, windows
             start = end
 
-    def step(self, spec: StackSpec, index: int) -> tuple[StackSpec, bool]:
-        """Analyse step `index` (applied already); (the spec after, whether to go on)."""
+    def step(self, index: int) -> bool:
+        """Analyse step `index` (applied already); whether to go on."""
+        spec = self.stack.spec
         steps = spec.rollout.steps
         percent = steps[index]
         outcome, analysis_id, windows = self.analyse_step(spec, percent)
@@ -239,84 +230,87 @@ class AutoRollout:
                                "outcome": outcome.value,
                                "windows": [w.verdict.value for w in windows]})
         if outcome is StepOutcome.PROMOTE:
-            nxt = steps[index + 1]
-            stage = Stage.FULL if nxt == 100 else spec.rollout.stage
-            if stage not in (Stage.AB_TEST, Stage.GRADUAL, Stage.FULL):
-                stage = Stage.AB_TEST
-            return self.apply(spec, stage, nxt, f"step {percent}% passed", analysis_id,
-                              "pass"), True
+            self.apply(rollout(spec, steps[index + 1]), f"step {percent}% passed", analysis_id,
+                       "pass")
+            return True
         if outcome is StepOutcome.ROLLBACK:
             failed = last.failed_checks()
             why = ("; ".join(f"{c.check.value}: {c.reason}" for c in failed)
                    or f"metrics unreadable: {last.error}")
-            rolled = self.apply(spec, Stage.ROLLBACK, 0, f"rollback at {percent}%",
-                                analysis_id, "fail" if failed else "error")
+            self.apply(rollback(), f"rollback at {percent}%", analysis_id,
+                       "fail" if failed else "error")
             self.run.outcome, self.run.exit_code = "rolled_back", EXIT_ROLLED_BACK
             self.run.message = f"rolled back at {percent}%: {why} (analysis {analysis_id})"
-            return rolled, False
+            return False
         self.run.outcome, self.run.exit_code = "held", EXIT_HELD
         reasons = [c.reason for c in last.checks if c.counted.value == "inconclusive"]
         self.run.message = (f"held at {percent}%: inconclusive ({reasons[0] if reasons else '?'};"
                             f" analysis {analysis_id}). To fix: send more traffic and rerun, or "
                             "move it by hand with `qinfra rollout --percent`")
-        return spec, False
+        return False
 
     def __call__(self, skip_gate: bool) -> Run:
-        spec = self._spec()
+        """Run it to its end; an interrupt or someone else's change ends it with its own
+        outcome and exit code, and the JSON says where traffic stands."""
+        try:
+            self._walk(skip_gate)
+        except KeyboardInterrupt:
+            self.run.outcome, self.run.exit_code = "interrupted", EXIT_INTERRUPTED
+            self.run.message = ("interrupted: nothing more is applied; traffic stays as the last "
+                                "applied step set it. Rerun to resume there, or `qinfra rollback "
+                                f"--stack {self.stack.name}`")
+        except StackFileChanged as exc:
+            self.run.outcome, self.run.exit_code = "stopped", EXIT_STOPPED
+            self.run.message = exc.message
+        except DeployError:
+            if self.interrupts.pending is None:
+                raise
+            # Ctrl-C in a terminal reaches the engine too: it cancels, and the step's apply
+            # fails and puts the file back; that is the interrupt, not a failure of its own
+            self.run.outcome, self.run.exit_code = "interrupted", EXIT_INTERRUPTED
+            self.run.message = ("interrupted during an apply: the stack file was put back to the "
+                                "last applied step. Rerun to resume there, or `qinfra rollback "
+                                f"--stack {self.stack.name}`")
+        if self.run.outcome in ("interrupted", "stopped"):
+            self.run.traffic = self._deployed_traffic()
+        return self.run
+
+    def _deployed_traffic(self) -> dict[str, int] | None:
+        percent = self.stack.deployed_percent()
+        if percent is None:
+            return None
+        return {Variant.BASELINE.value: 100 - percent, Variant.QUANTIZED.value: percent}
+
+    def _walk(self, skip_gate: bool) -> None:
+        spec = self.stack.spec
+        self._check_analysis(spec)
         if self.commit:
             _require_git(spec)
         index = start_index(spec)
         if index is None:
-            self.run.message = f"stack {self.stack} is fully promoted already (stage full)"
-            return self.run
+            self.run.message = f"stack {spec.name} is fully promoted already (stage full)"
+            return
         steps = spec.rollout.steps
         with self.interrupts.installed():
-            spec = self._prepare(spec, steps[index], skip_gate)
+            self._prepare(steps[index], skip_gate)
+            spec = self.stack.spec
             if (spec.rollout.stage in (Stage.AB_TEST, Stage.GRADUAL)
                     and spec.rollout.quantized_percent == steps[index]
-                    and _deployed_percent(spec) == steps[index]):
+                    and self.stack.deployed_percent() == steps[index]):
                 self.say(f"resuming at the deployed step {steps[index]}%")
             else:
-                spec = self.apply(spec, Stage.AB_TEST if steps[index] < 100 else Stage.FULL,
-                                  steps[index], "first step", None, None)
+                self.apply(rollout(spec, steps[index]), "first step", None, None)
             while steps[index] < 100:
-                spec, go_on = self.step(spec, index)
-                if not go_on:
-                    return self.run
+                if not self.step(index):
+                    return
                 index += 1
-        self.run.message = f"stack {self.stack} fully promoted (stage full)"
-        return self.run
+        self.run.message = f"stack {spec.name} fully promoted (stage full)"
 
-    def _prepare(self, spec: StackSpec, percent: int, skip_gate: bool) -> StackSpec:
+    def _prepare(self, percent: int, skip_gate: bool) -> None:
         """Like `up`: push and pin what is not pinned, then the quality gate for the first step
         that gives the quantized variant traffic (a --skip-gate is written to the file). Neither
         changes what runs, so with --commit both ride in the next applied step's commit."""
-        from qinfra.cli.gate_guard import gate_updates
-        from qinfra.cli.stack import _ensure_artifacts
-        from qinfra.deploy.stackfile import update_stack_file
-
-        spec = _ensure_artifacts(spec, quiet=True)
-        rollout = spec.rollout.model_copy(update={"stage": Stage.AB_TEST if percent < 100
-                                                  else Stage.FULL, "quantized_percent": percent})
-        skip = gate_updates(spec.model_copy(update={"rollout": rollout}), skip_gate)
-        if skip:
-            assert spec.path is not None
-            update_stack_file(spec.path, skip)
-            spec = load_stack(self.stack)
-        return spec
-
-
-def run_auto(stack: str, commit: bool, as_json: bool, skip_gate: bool) -> int:
-    """Run it, print the outcome (JSON with --json); the exit code."""
-    def say(message: str) -> None:
-        if not as_json:
-            click.echo(message, err=True)
-
-    run = AutoRollout(stack, commit, say)(skip_gate)
-    if as_json:
-        from qinfra.cli.output import echo_json
-
-        echo_json(run.to_json())
-    else:
-        click.echo(run.message)
-    return run.exit_code
+        stack = self.stack
+        stack.ensure_artifacts()
+        stack.record(stack.gate(rollout(stack.spec, percent), skip_gate))
+        self.expect = stack.path.read_bytes()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qinfra.core.errors import DeployError, NeverDeployedError
 from qinfra.deploy.history import SECRET, HistoryEntry, history_entries
@@ -29,11 +29,15 @@ from qinfra.deploy.project import (
     BACKEND_ENV,
     PASSPHRASE_ENV,
     PASSPHRASE_FILE_ENV,
+    RUN_DIR_ENV,
     VERSION_CACHE,
     Project,
     cli_version,
     holds_stack,
 )
+
+if TYPE_CHECKING:
+    from qinfra.core.spec import StackSpec
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,12 @@ class Deployer:
         self._cli: Any = None
         self._outputs_before: dict[str, Any] | None = None
 
+    @classmethod
+    def for_spec(cls, spec: StackSpec, project: Project | None = None) -> Deployer:
+        """The Deployer of a loaded stack, on the state backend its file names (qinfra:backend):
+        every caller gets the same backend, so none reads or writes another stack's state."""
+        return cls(spec.name, project=project, backend=spec.backend)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
@@ -197,7 +207,7 @@ class Deployer:
             "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
             BACKEND_ENV: self.project.backend_url,
             # where the local target keeps pid files and logs (the program's cwd may differ)
-            "QINFRA_RUN_DIR": os.environ.get("QINFRA_RUN_DIR", str(self.project.run_dir)),
+            RUN_DIR_ENV: str(self.project.run_dir),
         }
         if PASSPHRASE_ENV not in os.environ and PASSPHRASE_FILE_ENV not in os.environ:
             # The file backend's secrets provider wants a passphrase; an empty one keeps local
@@ -444,9 +454,16 @@ class Deployer:
 
     def history(self) -> list[HistoryEntry]:
         """Every recorded operation, newest first, failures included; secrets read `[secret]`.
-        NeverDeployedError for a stack the backend does not hold."""
-        return history_entries(
-            self._read("history", lambda: self.deployed().history(show_secrets=False)))
+        Read page by page: unpaged, the CLI returns only the newest 10. NeverDeployedError for a
+        stack the backend does not hold."""
+        from qinfra.deploy.history import every_page
+
+        def read() -> list[Any]:
+            stack = self.deployed()
+            return every_page(lambda size, page: stack.history(page_size=size, page=page,
+                                                               show_secrets=False))
+
+        return history_entries(self._read("history", read))
 
     def _read(self, op: str, call: Callable[[], Any]) -> Any:
         """A state read through the same classifier as the operations; the CLI's own output

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from qinfra.core.errors import DeployError
 from qinfra.core.fileio import write_atomic
+from qinfra.core.paths import PROJECT_FILE, project_root
 
 BACKEND_ENV = "PULUMI_BACKEND_URL"
 PASSPHRASE_ENV = "PULUMI_CONFIG_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "PULUMI_CONFIG_PASSPHRASE_FILE"
+RUN_DIR_ENV = "QINFRA_RUN_DIR"  # where the local target's servers keep pids and logs
 VERSION_CACHE = "pulumi-version.json"  # in .qinfra/cache: `pulumi version` per binary identity
 
 
@@ -37,7 +39,9 @@ class Project:
 
     @property
     def run_dir(self) -> Path:
-        return self.root / ".qinfra" / "run"
+        """The local target's run folder: $QINFRA_RUN_DIR, else the project's .qinfra/run. The
+        one rule: the engine hands it to the program, the CLI reads the servers' files there."""
+        return Path(os.environ.get(RUN_DIR_ENV) or self.root / ".qinfra" / "run")
 
     @property
     def logs_dir(self) -> Path:
@@ -71,14 +75,14 @@ class Project:
 
     @classmethod
     def find(cls, start: Path | None = None) -> Project:
-        here = (start or Path.cwd()).resolve()
-        for folder in (here, *here.parents):
-            if (folder / "Pulumi.yaml").is_file():
-                return cls(folder)
+        """The project at or above `start` (the working directory), else qinfra's own checkout."""
         package_root = Path(__file__).resolve().parents[2]
-        if (package_root / "Pulumi.yaml").is_file():
-            return cls(package_root)
-        raise DeployError(f"no Pulumi.yaml in {here} or above: run qinfra inside the project")
+        root = project_root(start) or (
+            package_root if (package_root / PROJECT_FILE).is_file() else None)
+        if root is None:
+            here = (start or Path.cwd()).resolve()
+            raise DeployError(f"no {PROJECT_FILE} in {here} or above: run qinfra inside the project")
+        return cls(root)
 
 
 def cli_version(binary: Path, cache: Path) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from qinfra.core.errors import SpecError
 from qinfra.core.spec import StackSpec, Stage
+from qinfra.core.stack_keys import ROLLOUT_PERCENT, ROLLOUT_STAGE
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,8 @@ class RolloutEdit:
 
     def updates(self) -> dict[str, object]:
         return {
-            "qinfra:rollout.stage": self.stage.value,
-            "qinfra:rollout.quantized_percent": self.quantized_percent,
+            ROLLOUT_STAGE: self.stage.value,
+            ROLLOUT_PERCENT: self.quantized_percent,
         }
 
 

@@ -94,10 +94,10 @@ def moved(delta: VariantDelta) -> dict[str, tuple[Any, Any]]:
 def rich_text(report: PreviewReport, capsys: pytest.CaptureFixture[str],
               monkeypatch: pytest.MonkeyPatch) -> str:
     """The `qinfra preview` table as a person sees it."""
-    from qinfra.cli.stack import _print_report
+    from qinfra.cli.preview_view import print_report
 
     monkeypatch.setenv("COLUMNS", "240")
-    _print_report(report, as_json=False, markdown=False)
+    print_report(report, as_json=False, markdown=False)
     return capsys.readouterr().out
 
 
