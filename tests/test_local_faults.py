@@ -237,3 +237,27 @@ def test_destroy_spares_a_stranger_and_leaves_no_pid_or_key_file(project):
     for name in (local.PID_FILE, local.IDENTITY_FILE, local.KEY_FILE):
         assert not list(project["run"].rglob(name)), name
     assert not (folder / local.KEY_FILE).exists()
+
+
+def test_up_asks_its_question_with_the_stacks_api_key(project):
+    """Issue 26.13: with qinfra:api_key set, the question `up` ends with got 401 from both
+    variants and `up` exited 0. It asks with the key the engines were started with (never
+    printed: the curl names $QINFRA_API_KEY), and an answer that fails fails `up`."""
+    result = qinfra("up", "--stack", "local", "--yes")
+    assert result.exit_code == 0, result.output
+    answers = [line for line in result.output.splitlines() if "->" in line]
+    assert [line.split()[0] for line in answers] == ["baseline", "quantized"], result.output
+    assert not any("failed" in line for line in answers), result.output
+    assert "Authorization: Bearer $QINFRA_API_KEY" in result.output
+    assert KEY not in result.output
+
+
+def test_up_fails_when_its_question_is_not_answered(project, monkeypatch):
+    """A wrong key (as a stale key file would give): both answers fail, and so does `up`."""
+    import qinfra.deploy.demo_question as demo
+
+    monkeypatch.setattr(demo, "api_key", lambda run_dir, stack: "sk-wrong")
+    result = qinfra("up", "--stack", "local", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "HTTP 401" in result.output
+    assert "deployed, but baseline, quantized did not answer" in result.output

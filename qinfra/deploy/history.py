@@ -5,12 +5,13 @@ from the config the engine recorded with the update."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from qinfra.core.spec import Stage, Variant, traffic_percent
+from qinfra.core.stack_keys import GATE, ROLLOUT, VARIANTS
 
 
 class UpdateKind(StrEnum):
@@ -58,14 +59,37 @@ class HistoryEntry:
 
 
 SECRET = "[secret]"  # what the Pulumi CLI shows in place of a secret value
+# Entries per `pulumi stack history --page-size` call. The CLI's own default is 10, so an
+# unpaged read saw only the newest 10 (and numbered them 1-10); this reads them all.
+HISTORY_PAGE_SIZE = 100
+
+_T = TypeVar("_T")
+
+
+def every_page(read: Callable[[int, int], Sequence[_T]],
+               page_size: int = HISTORY_PAGE_SIZE) -> list[_T]:
+    """Every entry of a paged history, newest first: `read(page_size, page)` for page 1, 2, ...
+    until a page comes back short. A history missing its older pages would number its entries
+    from the wrong end (see history_entries)."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    found: list[_T] = []
+    page = 1
+    while True:
+        chunk = list(read(page_size, page))
+        found += chunk
+        if len(chunk) < page_size:
+            return found
+        page += 1
 
 
 def history_entries(summaries: Sequence[Any]) -> list[HistoryEntry]:
-    """Pulumi's update summaries (newest first) as qinfra's entries.
+    """Pulumi's update summaries (newest first, the whole history: see every_page) as qinfra's
+    entries, numbered by the engine's own update number (UpdateSummary.version).
 
-    The file and s3 backends record no update number (Pulumi's diy backend writes 0), so an entry
-    without one is numbered by its place in the whole history, the oldest 1, as the Pulumi Cloud
-    numbers them.
+    Where a backend records none (0 or missing), an entry is numbered by its place in the whole
+    history, the oldest 1, as the Pulumi Cloud numbers them: stable while the history is whole,
+    since a new update only adds a higher number.
     """
     return [
         HistoryEntry(
@@ -116,8 +140,8 @@ def entries(stack: str, history: Iterable[HistoryEntry]) -> list[dict[str, Any]]
     """One JSON-ready row per recorded operation, in the engine's order (newest first)."""
     rows = []
     for h in history:
-        rollout = _object(h.config.get("qinfra:rollout"))
-        variants = _object(h.config.get("qinfra:variants"))
+        rollout = _object(h.config.get(ROLLOUT))
+        variants = _object(h.config.get(VARIANTS))
         rows.append({
             "stack": stack,
             "version": h.version,
@@ -129,7 +153,7 @@ def entries(stack: str, history: Iterable[HistoryEntry]) -> list[dict[str, Any]]
             "quantized_percent": rollout.get("quantized_percent"),
             "traffic_percent": _traffic(rollout),
             "artifacts": {name: (v or {}).get("artifact") for name, v in variants.items()},
-            "gate_skipped": _gate_skipped(_object(h.config.get("qinfra:gate")), variants),
+            "gate_skipped": _gate_skipped(_object(h.config.get(GATE)), variants),
             "resource_changes": dict(h.resource_changes),
         })
     return rows

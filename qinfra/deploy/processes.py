@@ -15,12 +15,25 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# What a long-lived server (llama-server, its supervisor and warm-up, the router, Prometheus) may
+# take from the environment of whoever ran `qinfra up`: where things are, the locale, and the
+# runtime knobs of the engine's libraries; nothing else, so no credential (AWS keys, HF_TOKEN,
+# PULUMI_CONFIG_PASSPHRASE) outlives the command in a server's /proc/PID/environ.
+SERVER_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "LD_LIBRARY_PATH",  # a llama.cpp build with shared ggml libraries finds them through it
+    "PYTHONPATH",  # the router and the supervisor run qinfra from the same tree as the CLI
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+})
+# LC_ALL, LC_CTYPE...; OpenMP's thread settings (OMP_NUM_THREADS...), ggml's runtime switches
+# (GGML_CUDA_..., GGML_VK_...): settings, never credentials.
+SERVER_ENV_PREFIXES = ("LC_", "OMP_", "GGML_")
 ENGINE_DIR = "engine"  # under the run folder: one record per engine process of an update
 
 
@@ -186,13 +199,24 @@ def end_orphans(folder: Path) -> list[EngineProcess]:
     return ended
 
 
+def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every long-lived server qinfra starts gets: the allow-listed names of
+    this process's environment (SERVER_ENV_NAMES, SERVER_ENV_PREFIXES) plus `extra`, the
+    settings the launch itself means. A server outlives the command that started it, so what
+    that command's shell held (cloud keys, tokens, the state passphrase) must not reach it."""
+    env = {k: v for k, v in os.environ.items()
+           if k in SERVER_ENV_NAMES or k.startswith(SERVER_ENV_PREFIXES)}
+    return {**env, **(extra or {})}
+
+
 def launch_until_ready(argv: list[str], folder: Path, log: Path, ready: Callable[[], bool], *,
                        what: str, url: str, timeout_s: float, poll_s: float) -> subprocess.Popen[bytes]:
-    """Start `argv` detached in its own session (so it outlives the Pulumi provider), its output
-    appended to `log`, and wait until `ready()`; a process that exits or overruns is ended and
-    reported with the log's last lines, so a failed start leaves nothing running."""
+    """Start `argv` detached in its own session (so it outlives the Pulumi provider) with the
+    allow-listed server_environment(), its output appended to `log`, and wait until `ready()`;
+    a process that exits or overruns is ended and reported with the log's last lines, so a
+    failed start leaves nothing running."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=server_environment(),
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
     deadline = time.monotonic() + timeout_s
     while not ready():

@@ -1,22 +1,26 @@
-"""The local target: the pinned artifact checked in its file store, one real llama-server per
-variant that takes traffic, and qinfra's router in front of them on qinfra:serving.port, as
+"""The local target: the pinned artifact checked in its file store, one real engine per variant
+that takes traffic (llama-server, or vLLM's CPU build: serving/engines.py's row of the stack's
+engine says how to find it), and qinfra's router in front of them on qinfra:serving.port, as
 Pulumi dynamic resources whose state is the process's identity.
 
 A server is signalled only when its recorded identity (pid and start time) still matches, so a
 pid that another process took over is never killed; the API key reaches the server as a file
-only it and its user may read, never through the environment."""
+only it and its user may read, never through argv or qinfra's environment (llama-server reads
+the file itself; vLLM has no key-file option, so its launch script reads the file into the
+engine's own VLLM_API_KEY, which /proc shows to that user alone), and every server gets only the
+allow-listed environment (processes.server_environment), never the invoking shell's secrets.
+Each engine runs under a supervisor that restarts it when it dies (engine_supervisor.py);
+a stop by qinfra (rollback, destroy, a new start) signals the supervisor and restarts nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,85 +28,43 @@ import pulumi
 import pulumi.dynamic as dyn
 
 from qinfra.core.errors import DeployError
+from qinfra.core.formats import Engine
 from qinfra.core.spec import Variant
 from qinfra.deploy.processes import (
-    Identity,
     engine_records,
     identity,
     parent,
     record_engine_process,
     running,
+    server_environment,
     stop,
 )
-from qinfra.deploy.targets import Deployed, DeployInput, router_process, variant_output
+from qinfra.deploy.targets import Deployed, DeployInput, engine_supervisor, router_process, variant_output
+from qinfra.deploy.targets.engine_supervisor import IDENTITY_FILE, PID_FILE
+from qinfra.deploy.targets.local_servers import (
+    KEY_FILE,
+    RUN_DIR_ENV,
+    ServerProvider,
+    forget,
+    launch_recorded,
+    note_provider,
+    port_of,
+    port_taken,
+    record,
+    recorded_server,
+    run_dir,
+    server_of,
+    stop_recorded,
+    taken_message,
+)
 
-RUN_DIR_ENV = "QINFRA_RUN_DIR"
-PID_FILE = "server.pid"  # the pid alone, as other tools read pid files
-IDENTITY_FILE = "server.identity"  # the pid with its start time: what proves it is ours
-KEY_FILE = "api-key"
-# llama-server --help: "--api-key-file FNAME ... one per line (env: LLAMA_ARG_API_KEY_FILE)".
-KEY_FILE_ENV = "LLAMA_ARG_API_KEY_FILE"
+# what tests and tools read from a variant's run folder, named where the target is
+__all__ = ["IDENTITY_FILE", "KEY_FILE", "PID_FILE", "RUN_DIR_ENV", "deploy", "recorded_server"]
+
 _POLL_S = 0.1
 
 
-def run_dir() -> Path:
-    """Where pid files, logs and scripts live: $QINFRA_RUN_DIR, else .qinfra/run of the project."""
-    if env := os.environ.get(RUN_DIR_ENV):
-        return Path(env)
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file():
-            return folder / ".qinfra" / "run"
-    return here / ".qinfra" / "run"
-
-
 # --- what one variant's run folder records ---------------------------------------------------
-
-
-def recorded_server(folder: Path) -> Identity | None:
-    """The server the folder records. A pid file without an identity (written before identities
-    were recorded) counts only for a llama-server running in this folder, where qinfra starts it."""
-    with contextlib.suppress(OSError, ValueError):
-        return Identity.from_json(json.loads((folder / IDENTITY_FILE).read_text()))
-    with contextlib.suppress(OSError, ValueError):
-        return _legacy(int((folder / PID_FILE).read_text()), folder)
-    return None
-
-
-def _legacy(pid: int, folder: Path) -> Identity | None:
-    """`pid` as identified before identities were recorded: llama-server with `folder` as cwd."""
-    try:
-        ours = (Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("llama-server")
-                and Path(os.readlink(f"/proc/{pid}/cwd")) == folder.resolve())
-    except OSError:
-        return None
-    return identity(pid) if ours else None
-
-
-def _server_of(props: dict[str, Any]) -> Identity | None:
-    """The server a resource's state names: its identity, or the bare pid of older state."""
-    recorded = Identity.from_json(props.get("identity"))
-    if recorded is None and props.get("pid") and props.get("run_dir"):
-        recorded = _legacy(int(props["pid"]), Path(props["run_dir"]))
-    return recorded
-
-
-def _forget(folder: Path) -> None:
-    """Remove what a stopped server leaves: its pid, its identity and the key file it read."""
-    for name in (PID_FILE, IDENTITY_FILE, KEY_FILE):
-        (folder / name).unlink(missing_ok=True)
-
-
-def _stop_recorded(folder: Path) -> None:
-    """Stop the server an interrupted update started but never recorded in state, if the folder
-    proves it is still that server, and forget it."""
-    stop(recorded_server(folder))
-    _forget(folder)
-
-
-def _record(folder: Path, ident: Identity) -> None:
-    (folder / PID_FILE).write_text(f"{ident.pid}\n")
-    (folder / IDENTITY_FILE).write_text(json.dumps(ident.to_json()) + "\n")
 
 
 def _write_key(path: Path, key: str) -> None:
@@ -121,27 +83,6 @@ def _write_key(path: Path, key: str) -> None:
 # --- ports ----------------------------------------------------------------------------------
 
 
-def port_of(endpoint: str) -> int:
-    return int(urllib.parse.urlsplit(endpoint).port or 80)
-
-
-def port_taken(port: int, host: str = "127.0.0.1") -> bool:
-    """Another socket holds host:port: a bind test with SO_REUSEADDR, as llama-server binds, so
-    the TIME_WAIT connections of a server just stopped do not count."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _taken_message(variant: str, port: int) -> str:
-    return (f"{variant}: port {port} on 127.0.0.1 is taken by another process (see `ss -ltnp "
-            f"'sport = :{port}'`)")
-
-
 def check_ports(stack: str, ports: dict[str, int]) -> None:
     """Refuse, naming every variant's taken port at once, before any server starts. Skipped
     while a server of the stack runs: it may hold a port it is about to give up, and each
@@ -150,7 +91,7 @@ def check_ports(stack: str, ports: dict[str, int]) -> None:
                for name in (*Variant, router_process.ROUTER_DIR, "prometheus")]
     if any(running(recorded_server(folder)) for folder in folders):
         return
-    taken = [_taken_message(name, port) for name, port in ports.items() if port_taken(port)]
+    taken = [taken_message(name, port) for name, port in ports.items() if port_taken(port)]
     if taken:
         raise DeployError(f"stack {stack} cannot start its servers: {'; '.join(taken)}. To fix: "
                           "stop what holds the port, or set qinfra:serving.port to a free range")
@@ -176,20 +117,31 @@ def _last_line(path: Path) -> str:
 
 
 def _server_env(props: dict[str, Any], key_file: Path | None) -> dict[str, str]:
-    """The environment of server.sh and warmup.sh: none of the user's llama-server settings,
-    and the key only as the path of its file."""
-    from qinfra.serving.llamacpp import find_binary
+    """The environment of the supervisor, server.sh and warmup.sh: the allow-listed one (none of
+    the user's engine settings or secrets), what the engine's row says finds its binary, and the
+    key only as its file's path."""
+    from qinfra.serving.engines import engine_launch
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LLAMA_ARG_") and k != "LLAMA_API_KEY"}
-    env["LLAMA_SERVER"] = str(find_binary("llama-server"))
-    if key_file is not None:
-        env[KEY_FILE_ENV] = str(key_file)
-    return env
+    row = engine_launch(_engine(props))
+    extra = row.local_env()
+    if key_file is not None and row.api_key_file_env is not None:
+        extra[row.api_key_file_env] = str(key_file)
+    return server_environment(extra)
+
+
+def _engine(props: dict[str, Any]) -> Engine:
+    """The engine a resource's state names (state written before engines were recorded: llama.cpp)."""
+    return Engine(props.get("engine") or Engine.LLAMA_CPP.value)
+
+
+def _label(props: dict[str, Any]) -> str:
+    from qinfra.core.engines import traits
+
+    return traits(_engine(props)).label
 
 
 def _await_warm(proc: subprocess.Popen[bytes], warmup: Path, env: dict[str, str], variant: str,
-                log: Path) -> None:
+                log: Path, label: str = "the engine") -> None:
     """Run the warm-up while watching the server: a server that exits (a port taken after the
     check, a model it cannot load) fails the start at once, not when the warm-up gives up."""
     warm = subprocess.Popen(["/bin/sh", str(warmup)], env=env, stdout=subprocess.DEVNULL,
@@ -202,17 +154,17 @@ def _await_warm(proc: subprocess.Popen[bytes], warmup: Path, env: dict[str, str]
             warm.kill()
         stderr = (warm.communicate()[1] or b"").decode(errors="replace").strip()
     if proc.poll() is not None:
-        raise RuntimeError(f"llama-server for {variant} exited with code {proc.returncode} before "
+        raise RuntimeError(f"{label} for {variant} exited with code {proc.returncode} before "
                            f"it was healthy: {_last_line(log)} (full log: {log})")
     if warm.returncode != 0:
-        raise RuntimeError(f"llama-server for {variant} did not become healthy and warm "
+        raise RuntimeError(f"{label} for {variant} did not become healthy and warm "
                            f"({stderr or 'warm-up failed'}): {_last_line(log)} (full log: {log})")
 
 
 def _start(props: dict[str, Any]) -> dict[str, Any]:
-    """Write the rendered scripts (and the key file), launch the server detached in its own
-    session, record its identity, wait for /health and one warm-up completion; on any failure
-    stop it and leave no pid or key file behind."""
+    """Write the rendered scripts (and the key file), launch the server under its supervisor
+    detached in its own session, record the supervisor's identity, wait for /health and one
+    warm-up completion; on any failure stop it and leave no pid or key file behind."""
     from qinfra.artifacts.fetch import project_hash_cache
     from qinfra.artifacts.verify import verify_before_serving
     from qinfra.core.fileio import write_atomic
@@ -222,10 +174,10 @@ def _start(props: dict[str, Any]) -> dict[str, Any]:
     verify_before_serving(props["artifact"], project_hash_cache())
     folder = Path(props["run_dir"])
     folder.mkdir(parents=True, exist_ok=True)
-    _stop_recorded(folder)
+    stop_recorded(folder)
     port = port_of(props["endpoint"])
     if port_taken(port):
-        raise RuntimeError(_taken_message(props["variant"], port))
+        raise RuntimeError(taken_message(props["variant"], port))
     server, warmup, log = folder / "server.sh", folder / "warmup.sh", folder / "server.log"
     for path, text in ((server, props["server_sh"]), (warmup, props["warmup_sh"])):
         write_atomic(path, text, mode=0o755)
@@ -233,77 +185,42 @@ def _start(props: dict[str, Any]) -> dict[str, Any]:
     if key_file is not None:
         _write_key(key_file, props["api_key"])
     env = _server_env(props, key_file)
+    argv = engine_supervisor.argv(folder, props["endpoint"], props["artifact"],
+                                  _hash_cache_path(), ["/bin/sh", str(server)])
     with open(log, "ab") as out:
-        proc = subprocess.Popen(["/bin/sh", str(server)], stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                 cwd=folder)
-    ident = identity(proc.pid)  # read at once: a start time does not change when sh execs
+    ident = identity(proc.pid)  # the supervisor, read at once
     try:
         if ident is not None:
-            _record(folder, ident)
-        _await_warm(proc, warmup, env, props["variant"], log)
+            record(folder, ident, pid_file=False)
+        _await_warm(proc, warmup, env, props["variant"], log, _label(props))
     except BaseException:
         stop(ident)
         proc.poll()  # reap it, whichever way it ended
-        _forget(folder)
+        forget(folder)
         raise
     assert ident is not None  # a server that had exited failed _await_warm
     return {**props, "pid": ident.pid, "identity": ident.to_json(), "log": str(log)}
 
 
-def _note_provider() -> None:
-    """Record this dynamic-provider process, so that the next update ends it if the engine that
-    started it is killed (it would otherwise keep starting servers nobody records)."""
-    global _noted
-    if not _noted:
-        _noted = True
-        record_engine_process(engine_records(run_dir()), "dynamic provider", os.getpid(),
-                              os.getppid())
+def _hash_cache_path() -> Path:
+    """The project's hash cache file, named to the supervisor (its environment has no
+    QINFRA_CACHE_DIR), so its re-checks before each restart share the provider's cache."""
+    from qinfra.artifacts.fetch import project_hash_cache
+
+    path = project_hash_cache().path
+    assert path is not None
+    return path.resolve()
 
 
-_noted = False
-
-
-class ServerProvider(dyn.ResourceProvider):
-    """What the local servers' providers share. Their state is the process's identity, so
-    delete signals only that very process; read (refresh) reports a server that died or does not
-    answer `ready` as gone, so the next `up` starts it again."""
-
-    @staticmethod
-    def ready(endpoint: str) -> bool:
-        raise NotImplementedError
-
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
-        _note_provider()
-        return dyn.CheckResult(news, [])
-
-    def delete(self, _id: str, props: dict[str, Any]) -> None:
-        _note_provider()
-        stop(_server_of(props))
-        _stop_recorded(Path(props["run_dir"]))
-
-    def read(self, id_: str, props: dict[str, Any]) -> dyn.ReadResult:
-        if not (running(_server_of(props)) and self.ready(props["endpoint"])):
-            return dyn.ReadResult(id_=id_, outs={**props, "pid": 0, "identity": None})
-        return dyn.ReadResult(id_=id_, outs=props)
-
-
-def launch_recorded(props: dict[str, Any], what: str,
-                    start: Callable[[Path, int, Any], subprocess.Popen[bytes]]) -> dict[str, Any]:
-    """Start `what` (the router, Prometheus) on its endpoint's port in its run folder, after
-    stopping whatever that folder recorded, and record the new process's identity."""
+def _engine_down(props: dict[str, Any]) -> bool:
+    """The supervisor runs but its engine is not serving (between a crash and its restart, or
+    refused): an `up` then starts it over, which re-checks the weights and says why it fails."""
     folder = Path(props["run_dir"])
-    folder.mkdir(parents=True, exist_ok=True)
-    _stop_recorded(folder)
-    port = port_of(props["endpoint"])
-    if port_taken(port):
-        raise RuntimeError(_taken_message(what, port))
-    ident = identity(start(folder, port, props["config"]).pid)
-    if ident is None:
-        raise RuntimeError(f"{what} exited right after it started (log: {folder})")
-    _record(folder, ident)
-    return {**props, "pid": ident.pid, "identity": ident.to_json(),
-            "log": str(folder / f"{what}.log")}
+    health = engine_supervisor.engine_health(str(props.get("variant")), folder, props["endpoint"])
+    return health.supervised and health.state != engine_supervisor.EngineState.SERVING
 
 
 class LlamaServerProvider(ServerProvider):
@@ -313,20 +230,20 @@ class LlamaServerProvider(ServerProvider):
     ready = staticmethod(_healthy)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
-        _note_provider()
+        note_provider()
         outs = _start(props)
         return dyn.CreateResult(id_=f"{props['stack']}-{props['variant']}", outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         keys = ("server_sh", "warmup_sh", "endpoint", "api_key", "artifact")
         changed = [k for k in keys if olds.get(k) != news.get(k)]
-        if not running(_server_of(olds)):
+        if not running(server_of(olds)) or _engine_down(olds):
             changed.append("pid")
         return dyn.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
-        _note_provider()
-        stop(_server_of(olds))
+        note_provider()
+        stop(server_of(olds))
         return dyn.UpdateResult(outs=_start(news))
 
 
@@ -335,7 +252,7 @@ class ArtifactCheckProvider(dyn.ResourceProvider):
     """The pinned artifact, re-hashed against its manifest before a server may use it."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
-        _note_provider()
+        note_provider()
         return dyn.CheckResult(news, [])
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
@@ -385,21 +302,21 @@ class RouterProvider(ServerProvider):
     ready = staticmethod(router_process.health)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
-        _note_provider()
+        note_provider()
         return dyn.CreateResult(id_=f"{props['stack']}-router", outs=self._start(props))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         changed = [k for k in ("config", "endpoint") if olds.get(k) != news.get(k)]
-        if not running(_server_of(olds)):
+        if not running(server_of(olds)):
             changed.append("pid")
         elif _on_disk(news) != news["config"]:
             changed.append("config")
         return dyn.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
-        _note_provider()
-        if olds.get("endpoint") != news["endpoint"] or not running(_server_of(olds)):
-            stop(_server_of(olds))
+        note_provider()
+        if olds.get("endpoint") != news["endpoint"] or not running(server_of(olds)):
+            stop(server_of(olds))
             return dyn.UpdateResult(outs=self._start(news))
         folder = Path(news["run_dir"])
         router_process.apply_config(news["endpoint"], folder / router_process.CONFIG_FILE,
@@ -463,6 +380,9 @@ def deploy(deploy: DeployInput) -> Deployed:
             ports["prometheus"] = spec.ports()[-1]
         check_ports(spec.name, {"router": spec.serving.port, **ports})
     api_key = pulumi.Config("qinfra").get_secret("api_key")
+    from qinfra.serving.engines import engine_launch
+
+    launch_script = engine_launch(spec.serving.engine).script
     variants: dict[str, Any] = {}
     servers: list[pulumi.Resource] = []
     for plan in deploy.plan.variants:
@@ -476,9 +396,11 @@ def deploy(deploy: DeployInput) -> Deployed:
                 {
                     "stack": spec.name,
                     "variant": variant.value,
+                    "engine": spec.serving.engine.value,
                     "artifact": uri,
                     "endpoint": router_process.engine_url(spec, variant),
-                    "server_sh": deploy.file(variant, "server.sh"),
+                    # the engine's launch script (its row names the file), run as server.sh
+                    "server_sh": deploy.file(variant, launch_script),
                     "warmup_sh": deploy.file(variant, "warmup.sh"),
                     "run_dir": str(run_dir() / spec.name / variant),
                     "api_key": api_key,

@@ -11,7 +11,7 @@ import pulumi.dynamic as dyn
 
 from qinfra.deploy.processes import running, stop
 from qinfra.deploy.targets import prometheus_process
-from qinfra.deploy.targets.local import ServerProvider, _note_provider, _server_of, launch_recorded
+from qinfra.deploy.targets.local_servers import ServerProvider, launch_recorded, note_provider, server_of
 
 
 def _start(props: dict[str, Any]) -> dict[str, Any]:
@@ -26,18 +26,18 @@ class PrometheusProvider(ServerProvider):
     ready = staticmethod(prometheus_process.ready)
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
-        _note_provider()
+        note_provider()
         return dyn.CreateResult(id_=f"{props['stack']}-prometheus", outs=_start(props))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         changed = [k for k in ("config", "endpoint") if olds.get(k) != news.get(k)]
-        if not running(_server_of(olds)):
+        if not running(server_of(olds)):
             changed.append("pid")
         return dyn.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.UpdateResult:
-        _note_provider()
-        stop(_server_of(olds))
+        note_provider()
+        stop(server_of(olds))
         return dyn.UpdateResult(outs=_start(news))
 
 
