@@ -3,6 +3,7 @@ line each, with the key path as the user wrote it and close-match suggestions.""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -13,12 +14,73 @@ from pydantic import BaseModel, ValidationError
 
 from qinfra.core.errors import suggest
 
+# A stack file holds a few hundred values; an alias bomb (`a: &a [x, x, ...]`, `b: &b [*a,
+# *a, ...]`, ...) is a few lines that expand to millions, which every later walk (validation,
+# an error message echoing the value, JSON for Pulumi) would pay for.
+MAX_VALUES = 100_000
+# The most of one value an error message shows: enough to recognise it, never megabytes.
+MAX_SHOWN = 300
+
+
+def shown_text(text: str, limit: int = MAX_SHOWN) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: Any) -> str:
+    """A bounded repr of a value from a stack file: reprlib stops at a few items per level and a
+    few levels, so even an expanded alias bomb costs microseconds and a line."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxtuple = 4, 8, 8, 8
+    short.maxstring = short.maxother = MAX_SHOWN
+    return shown_text(short.repr(value))
+
+
+def read_stack_text(path: Path) -> str:
+    """A stack file's text; SpecError (one line naming the file) when it cannot be read or is
+    not UTF-8, rather than a raw OSError or UnicodeDecodeError."""
+    from qinfra.core.errors import SpecError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read stack file {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        bad, line = data[exc.start:exc.start + 1].hex(), data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"stack file {path} is not UTF-8 text (byte 0x{bad} at offset {exc.start}, "
+                        f"line {line}). To fix: save it as UTF-8") from None
+
+
+def expansion_problem(doc: Any) -> str | None:
+    """Why a loaded YAML document is too large to validate, or None. Aliases make one node
+    appear many times; counting the values with every alias expanded (and stopping at
+    MAX_VALUES) costs at most MAX_VALUES steps however far the aliases would expand."""
+    count, aliased, todo = 0, False, [doc]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        count += 1
+        if count > MAX_VALUES:
+            if aliased:
+                return (f"YAML aliases expand too far (more than {MAX_VALUES:,} values once every "
+                        "alias is expanded: an alias bomb?). To fix: write the values out instead "
+                        "of nesting aliases (*name) in aliased lists or mappings")
+            return (f"holds more than {MAX_VALUES:,} values; a stack file holds hundreds. To fix: "
+                    "keep only the stack's config in it")
+        if isinstance(node, dict | list):
+            aliased = aliased or id(node) in seen
+            seen.add(id(node))
+            todo.extend([*node.keys(), *node.values()] if isinstance(node, dict) else node)
+    return None
+
 
 class FieldError(ValueError):
     """A validation failure that knows its key path below the field being validated."""
 
     def __init__(self, loc: tuple[str | int, ...], value: Any, allowed: str):
-        super().__init__(f"got {value!r}; allowed: {allowed}")
+        super().__init__(f"got {shown(value)}; allowed: {allowed}")
         self.loc = loc
 
 
@@ -35,7 +97,7 @@ def problems(exc: ValidationError, given: Mapping[str, Any], schema: type[BaseMo
             msg = str(inner)
         else:
             msg = _message(err, _lookup(given, loc), schema)
-        out.append(f"{_key(loc, namespace)}: {msg}")
+        out.append(f"{shown_text(_key(loc, namespace))}: {msg}")
     return out
 
 
@@ -44,15 +106,15 @@ def _message(err: Any, value: Any, schema: type[BaseModel]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return f"unknown key (value {value!r})"
+        return f"unknown key (value {shown(value)})"
     if kind in _NUMBER_TYPES:
-        return f"got {value!r}; allowed: {_NUMBER_TYPES[kind]}{_bounds_at(schema, err['loc'])}"
+        return f"got {shown(value)}; allowed: {_NUMBER_TYPES[kind]}{_bounds_at(schema, err['loc'])}"
     if kind == "enum":
         expected = err.get("ctx", {}).get("expected", "")
         names = [m.value for m in enum] if (enum := _enum_at(schema, err["loc"])) else []
-        return f"got {value!r}; allowed: {expected}.{suggest(str(value), names)}"
+        return f"got {shown(value)}; allowed: {expected}.{suggest(str(value)[:MAX_SHOWN], names)}"
     text = err["msg"].removeprefix("Value error, ")
-    return f"got {value!r}; {text[:1].lower()}{text[1:]}"
+    return f"got {shown(value)}; {shown_text(text[:1].lower() + text[1:])}"
 
 
 _NUMBER_TYPES = {

@@ -10,6 +10,7 @@ from typing import Any
 
 from qinfra.core.errors import SpecError
 from qinfra.core.fileio import write_atomic
+from qinfra.core.spec_problems import read_stack_text, shown, shown_text
 
 
 def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
@@ -26,10 +27,7 @@ def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
     from ruamel.yaml.util import load_yaml_guess_indent
 
     path = Path(path)
-    try:
-        before = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read stack file {path}: {exc.strerror}") from None
+    before = read_stack_text(path)  # SpecError naming the file: unreadable, or not UTF-8
     try:
         _, indent, block_seq_indent = load_yaml_guess_indent(before)
         yaml = YAML()  # round-trip mode
@@ -43,7 +41,9 @@ def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
         )
         doc = yaml.load(before)
     except YAMLError as exc:
-        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+        raise SpecError(f"{path} is not valid YAML: {shown_text(str(exc), 2000)}") from None
+    except RecursionError:  # the composer recurses per level: `[` x 100,000
+        raise SpecError(f"{path} nests too deep to read. To fix: flatten it") from None
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("config"), CommentedMap):
         raise SpecError(f"{path}: expected a top-level 'config:' mapping")
     for dotted, value in updates.items():
@@ -53,7 +53,12 @@ def update_stack_file(path: Path, updates: Mapping[str, Any]) -> str:
     after = out.getvalue()
     if after == before:
         return ""
-    write_atomic(path, after)  # keeps the file's mode; an interrupt leaves old or new
+    try:
+        write_atomic(path, after)  # keeps the file's mode; an interrupt leaves old or new
+    except OSError as exc:  # read-only or immutable (chattr +i) file or folder, a full disk
+        raise SpecError(f"cannot write stack file {path}: {exc.strerror or exc}; it is unchanged. "
+                        "To fix: make it and its folder writable (chmod u+w; lsattr shows an "
+                        "immutable file, chattr -i clears it), then run the command again") from None
     return "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True),
@@ -74,7 +79,7 @@ def _apply(config: Any, dotted: str, value: Any, path: Path) -> None:
         if not isinstance(child, CommentedMap):
             where = ".".join(keys[: depth + 1])
             raise SpecError(
-                f"{path}: cannot set {dotted}: {where} holds {child!r}, not a mapping. To fix: "
+                f"{path}: cannot set {dotted}: {where} holds {shown(child)}, not a mapping. To fix: "
                 f"make {where} a mapping in the stack file"
             )
         node, depth = child, depth + 1

@@ -5,18 +5,26 @@ policy pack all ask this one function, so they refuse with the same line."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qinfra.core.errors import ArtifactError
+from qinfra.core.errors import ArtifactError, SpecError
 from qinfra.core.spec import StackSpec, Variant
+from qinfra.core.stack_keys import GATE_SKIP
+
+if TYPE_CHECKING:
+    from qinfra.quality.gate_report import GateReport
 
 SKIP_FLAG = "--skip-gate"
-SKIP_KEY = "qinfra:gate.skip"  # the stack-file key --skip-gate writes (GateSpec.skip)
+SKIP_KEY = GATE_SKIP
+# The figure each method exists to measure: `qinfra gate` always writes it, so a report without
+# it was not made by the gate, and its verdict rests on nothing that can be judged again.
+HEADLINE = {"kld": "mean_kld", "online": "prefix_fraction"}
 
 
 @dataclass(frozen=True)
 class GateCheck:
-    """The gate's standing for one stack: `problem` is None when traffic may flow."""
+    """The gate's standing for one stack: `problem` is None when traffic may flow. `verdict` is
+    the one reached now (the report's figures judged again), not the one the report records."""
 
     quantized_percent: int
     report_uri: str | None
@@ -79,9 +87,37 @@ def check_gate(spec: StackSpec) -> GateCheck:
         return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} was "
                          f"made for other artifacts: {'; '.join(stale)}. {fix} again, {skip}",
                          skipped)
+    better = (f"To fix: build a better quantized artifact and gate it, lower the stage to "
+              f"baseline_only, {skip}")
     if report.verdict.value != "pass":
         why = "; ".join(report.reasons) or "verdict fail"
         return GateCheck(percent, uri, report.verdict.value, f"{head} its gate report {uri} "
-                         f"failed ({why}). To fix: build a better quantized artifact and gate it, "
-                         f"lower the stage to baseline_only, {skip}", skipped)
+                         f"failed ({why}). {better}", skipped)
+    failures = rejudge(report, spec)
+    if failures:
+        return GateCheck(percent, uri, "fail", f"{head} its gate report {uri} records 'pass' but "
+                         f"its figures do not clear the bars ({'; '.join(failures)}). {better}",
+                         skipped)
     return GateCheck(percent, uri, report.verdict.value, None, skipped)
+
+
+def rejudge(report: GateReport, spec: StackSpec) -> list[str]:
+    """The report's figures judged again against the bars the stack holds now (the shipped table
+    with its qinfra:gate overrides): one reason per bar broken, e.g. `mean_kld 2.5 > 0.15
+    (acceptance)`. The recorded verdict is never trusted: it may be forged (the report's name
+    only proves its bytes, not who wrote them), or stale after the bars were tightened."""
+    from qinfra.quality.gate_thresholds import Metric, thresholds_for
+
+    try:
+        thresholds = thresholds_for(spec.variants.quantized.format, spec.gate.thresholds())
+    except SpecError as exc:
+        return [exc.message]
+    figures = report.metrics
+    headline = HEADLINE.get(report.method.value)
+    unjudged = []
+    if headline is not None and headline not in figures:
+        unjudged.append(f"{headline} is missing (a {report.method.value} report always has it)")
+    # null is how a stored report writes a NaN or infinite figure (JSON has none)
+    unjudged += [f"{m.value} is null (no finite figure)" for m in Metric
+                 if m.value in figures and figures[m.value] is None]
+    return [*unjudged, *thresholds.failures(figures)]

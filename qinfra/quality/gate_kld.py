@@ -7,6 +7,7 @@ number a direct `llama-perplexity --kl-divergence` run prints on the same text.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ CONTEXT_TOKENS = 512
 _TAIL_LINES = 15
 
 # Lines of llama-perplexity's KL-divergence report (tools/perplexity/perplexity.cpp).
-_FLOAT = r"(-?[0-9.]+(?:e[-+]?\d+)?|nan|-?inf)"
+# printf's %lf writes a non-finite double as nan, -nan, inf or -inf (glibc): NaN logits from a
+# corrupted file reach the report as such, and must parse as figures (judged: FAIL), not as
+# a missing line.
+_FLOAT = r"(-?[0-9.]+(?:e[-+]?\d+)?|[-+]?nan|[-+]?inf)"
 _MEAN_KLD = re.compile(rf"^Mean\s+KLD:\s+{_FLOAT}\s+±\s+{_FLOAT}", re.M)
 _PPL_RATIO = re.compile(rf"^Mean PPL\(Q\)/PPL\(base\)\s*:\s+{_FLOAT}\s+±\s+{_FLOAT}", re.M)
 _PPL_Q = re.compile(rf"^Mean PPL\(Q\)\s*:\s+{_FLOAT}", re.M)
@@ -32,6 +36,10 @@ _RMS_DP = re.compile(rf"^RMS Δp\s*:\s+{_FLOAT}\s+±\s+{_FLOAT}\s*%", re.M)
 _SAME_TOP = re.compile(rf"^Same top p:\s+{_FLOAT}\s+±\s+{_FLOAT}\s*%", re.M)
 _KLD_ROW = re.compile(rf"^\s*(Maximum|Minimum|Median|[0-9.]+%)\s+KLD:\s+{_FLOAT}\s*$", re.M)
 _CHUNKS = re.compile(r"computing over (\d+) chunks")
+# One row of the running figures printed after each chunk: chunk, PPL(Q), ln(PPL(Q)/PPL(base)),
+# KLD, RMS Δp %, same top p % (each with its ±).
+_PM = rf"{_FLOAT}\s+±\s+{_FLOAT}"
+_CHUNK_ROW = re.compile(rf"^\s*(\d+)\s+{_PM}\s+{_PM}\s+{_PM}\s+{_PM}\s*%\s+{_PM}\s*%\s*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,11 @@ class KldMetrics:
     def judged(self) -> dict[str, float]:
         """The metrics the thresholds judge."""
         return {"mean_kld": self.mean_kld, "same_top_p": self.same_top_p, "ppl_ratio": self.ppl_ratio}
+
+    def non_finite(self) -> list[str]:
+        """`name value` of every judged figure that is NaN or infinite, as a corrupted or broken
+        quantized file makes them: no bar can be said to hold for such a figure."""
+        return [f"{k} {v}" for k, v in self.judged().items() if not math.isfinite(v)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,11 +126,44 @@ def baseline_logits(baseline: Path, text: Path, dest: Path) -> bool:
     return True
 
 
+def non_finite_running_figures(text: str) -> KldMetrics | None:
+    """The running figures of the last chunk row when they are not all finite, else None.
+
+    NaN logits (a corrupted file) make every running sum NaN, so the final figures can only be
+    NaN too; and llama-perplexity then sorts NaN KLDs (undefined behaviour in std::sort), so its
+    summary may be missing or the process may die. The chunk rows printed before that are
+    conclusive evidence for a FAIL, and are used instead of reporting a parser error.
+    """
+    rows = list(_CHUNK_ROW.finditer(text))
+    if not rows:
+        return None
+    row = [float(g) for g in rows[-1].groups()[1:]]
+    ppl, _, ln_ratio, ln_err, kld, kld_err, rms, rms_err, same, same_err = row
+    if all(math.isfinite(v) for v in (ppl, ln_ratio, kld, rms, same)):
+        return None
+    ratio = math.exp(ln_ratio) if math.isfinite(ln_ratio) else math.nan
+    chunks = _CHUNKS.search(text)
+    return KldMetrics(
+        mean_kld=kld, mean_kld_err=kld_err, ppl_ratio=ratio, ppl_ratio_err=ratio * ln_err,
+        same_top_p=same / 100, same_top_p_err=same_err / 100, rms_dp=rms / 100,
+        rms_dp_err=rms_err / 100, ppl_quantized=ppl, ppl_base=ppl / ratio if ratio else math.nan,
+        chunks=int(chunks.group(1)) if chunks else int(rows[-1].group(1)),
+    )
+
+
 def kl_divergence(quantized: Path, text: Path, logits: Path) -> KldMetrics:
-    """Score the quantized GGUF against the saved baseline logits; ArtifactError when it fails."""
+    """Score the quantized GGUF against the saved baseline logits; ArtifactError when it fails,
+    unless the figures it printed are already NaN or infinite (a corrupted file): those are
+    returned, to be judged a FAIL, even when its summary is missing or it died after them."""
     argv = [*_base_argv(quantized, text), "--kl-divergence-base", str(logits), "--kl-divergence"]
-    out = _run(argv, what=f"{PERPLEXITY} --kl-divergence on {quantized.name}")
-    return parse_report(out)
+    what = f"{PERPLEXITY} --kl-divergence on {quantized.name}"
+    code, out = _execute(argv, what=what)
+    try:
+        return parse_report(_checked(code, out, what=what))
+    except ArtifactError:
+        if (metrics := non_finite_running_figures(out)) is not None:
+            return metrics
+        raise
 
 
 def _base_argv(model: Path, text: Path) -> list[str]:
@@ -126,15 +172,25 @@ def _base_argv(model: Path, text: Path) -> list[str]:
 
 def _run(argv: list[str], *, what: str) -> str:
     """Run llama-perplexity to completion; its report (stdout and stderr together) on success."""
+    code, out = _execute(argv, what=what)
+    return _checked(code, out, what=what)
+
+
+def _execute(argv: list[str], *, what: str) -> tuple[int, str]:
+    """Run llama-perplexity to completion: its exit code, and stdout and stderr together."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise ArtifactError(f"{what}: cannot run {argv[0]}: {exc}. {INSTALL_HINT}") from exc
-    out = done.stdout + "\n" + done.stderr
+    return done.returncode, done.stdout + "\n" + done.stderr
+
+
+def _checked(code: int, out: str, *, what: str) -> str:
+    """`out` of a run that succeeded; ArtifactError with its tail otherwise."""
     # A text shorter than two contexts is refused with exit 0 (and an empty logits file).
     too_short = "you need at least" in out
-    if done.returncode != 0 or too_short:
+    if code != 0 or too_short:
         tail = "\n".join(out.strip().splitlines()[-_TAIL_LINES:])
         hint = f"\nTo fix: give a longer text (at least {2 * CONTEXT_TOKENS} tokens)" if too_short else ""
-        raise ArtifactError(f"{what} failed (exit code {done.returncode}):\n{tail}{hint}")
+        raise ArtifactError(f"{what} failed (exit code {code}):\n{tail}{hint}")
     return out

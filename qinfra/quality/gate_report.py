@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -60,7 +61,10 @@ class GateReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
+        """The report as JSON data; a non-finite figure (NaN logits of a broken file) becomes
+        null, since JSON has no NaN and strict readers refuse Python's `NaN` token (the reasons
+        name the value)."""
+        doc = _finite(asdict(self))
         doc["version"] = REPORT_VERSION
         doc["method"], doc["verdict"] = self.method.value, self.verdict.value
         doc["reasons"] = list(self.reasons)
@@ -68,7 +72,8 @@ class GateReport:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON: equal evidence, equal bytes, equal name."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False).encode()
 
     @property
     def report_id(self) -> str:
@@ -80,6 +85,8 @@ class GateReport:
             doc = json.loads(data)
             if doc.pop("version", None) != REPORT_VERSION:
                 raise ValueError(f"not a version {REPORT_VERSION} report")
+            if not isinstance(doc.get("metrics"), dict):
+                raise ValueError("its metrics are not a mapping")
             return cls(
                 method=Method(doc.pop("method")),
                 verdict=Verdict(doc.pop("verdict")),
@@ -91,6 +98,17 @@ class GateReport:
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{where} is not a qinfra gate report ({exc}). To fix: run "
                                 "`qinfra gate` again") from None
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def report_uri(store_uri: str, report_id: str) -> str:
@@ -112,7 +130,7 @@ def split_report_uri(uri: str) -> tuple[str, str]:
 def write_report(report: GateReport, store_uri: str) -> str:
     """Store the report beside the artifacts of `store_uri`; its URI. Writing the same evidence
     twice writes the same object."""
-    from qinfra.artifacts.stores import open_store
+    from qinfra.artifacts.store_open import open_store
 
     open_store(store_uri).write(f"{REPORTS_DIR}/{report.report_id}.json", report.to_bytes())
     return report_uri(store_uri, report.report_id)
@@ -121,7 +139,7 @@ def write_report(report: GateReport, store_uri: str) -> str:
 def read_report(uri: str) -> GateReport:
     """The report a pin names, checked against its name; ArtifactError when it is missing,
     altered, or not a report."""
-    from qinfra.artifacts.stores import open_store
+    from qinfra.artifacts.store_open import open_store
 
     store, report_id = split_report_uri(uri)
     data = open_store(store).read(f"{REPORTS_DIR}/{report_id}.json")

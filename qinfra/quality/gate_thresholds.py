@@ -4,6 +4,7 @@ each format family, loaded from data/gate_thresholds.toml and overridable per st
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -25,6 +26,9 @@ class Metric(StrEnum):
     PPL_RATIO = "ppl_ratio"
     EXACT_MATCH = "exact_match"
     PREFIX_FRACTION = "prefix_fraction"
+    ACCURACY_DROP = "accuracy_drop"  # baseline accuracy - quantized, on prompts with answers
+    LOOP_EXCESS = "loop_excess"  # quantized loop rate - baseline's
+    UNEXPECTED_REFUSAL_RATE = "unexpected_refusal_rate"  # refused where the baseline answered
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class Bar:
     ppl_ratio_max: float | None = None
     exact_match_min: float | None = None
     prefix_fraction_min: float | None = None
+    accuracy_drop_max: float | None = None
+    loop_excess_max: float | None = None
+    unexpected_refusal_rate_max: float | None = None
 
     def limits(self) -> tuple[tuple[Metric, str, float], ...]:
         """(metric, "max" | "min", limit) for every limit set, in table order."""
@@ -48,16 +55,23 @@ class Bar:
                 out.append((metric, side, float(limit)))
         return tuple(out)
 
-    def failures(self, metrics: Mapping[str, float | None], what: str) -> list[str]:
+    def failures(self, metrics: Mapping[str, Any], what: str) -> list[str]:
         """One reason per limit the metrics break, e.g. `mean_kld 0.40 > 0.15 (acceptance)`;
-        a metric the method did not measure is not judged."""
+        a metric the method did not measure is not judged. A figure that is not a finite
+        number (NaN from a broken file, or text in a hand-written report) breaks every limit
+        on it: NaN compares false both ways, so it would otherwise pass."""
         reasons = []
         for metric, side, limit in self.limits():
             value = metrics.get(metric.value)
             if value is None:
                 continue
-            if (side == "max" and value > limit) or (side == "min" and value < limit):
-                sign = ">" if side == "max" else "<"
+            sign = ">" if side == "max" else "<"
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                bar = "at most" if side == "max" else "at least"
+                shown = str(value) if isinstance(value, float) else repr(value)[:40]
+                reasons.append(f"{metric.value} {shown} is not a finite number "
+                               f"(bar: {bar} {limit:g}, {what})")
+            elif (side == "max" and value > limit) or (side == "min" and value < limit):
                 reasons.append(f"{metric.value} {value:.4g} {sign} {limit:g} ({what})")
         return reasons
 
@@ -73,7 +87,7 @@ class Thresholds:
     acceptance: Bar
     expected: Bar
 
-    def failures(self, metrics: Mapping[str, float | None]) -> list[str]:
+    def failures(self, metrics: Mapping[str, Any]) -> list[str]:
         return [*self.acceptance.failures(metrics, "acceptance"),
                 *self.expected.failures(metrics, f"expected of family {self.family}")]
 
