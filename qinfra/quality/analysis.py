@@ -63,12 +63,20 @@ def variant_queries(variant: Variant, window_s: float, stack: str | None = None)
         return (f"histogram_quantile(0.95, sum by (le) (rate({PREFIX}{name}_bucket{{{v}}}"
                 f"[{w}])))")
 
+    # A request the router failed over (the assigned variant accepted no connection, so another
+    # answered) counts for the assigned variant as a request and as an error: a dead engine
+    # must fail its variant's error check, not vanish from its traffic.
+    failed_over = inc("failovers_total")
+    answered, failed = inc("requests_total"), inc("requests_total", ',code=~"5.."')
     return {
-        "requests": inc("requests_total"),
-        "errors": inc("requests_total", ',code=~"5.."'),
+        "requests": f"({answered}) + ({failed_over})",
+        "errors": f"({failed}) + ({failed_over})",
         "completed": inc("e2e_request_latency_seconds_count"),
         "empty": inc("empty_completions_total"),
         "length": inc("finish_reason_total", ',reason="length"'),
+        "loops": inc("repetition_loops_total"),
+        "refusals": inc("refusals_total"),
+        "tokens": inc("completion_tokens_total"),
         "streamed": inc("time_to_first_token_seconds_count"),
         "e2e_p95_s": p95("e2e_request_latency_seconds"),
         "ttft_p95_s": p95("time_to_first_token_seconds"),

@@ -18,6 +18,7 @@ from qinfra.core.analysis_spec import (
     AnalysisSpec,
     Check,
     LatencyCheckSpec,
+    LengthRatioCheckSpec,
     RateCheckSpec,
 )
 from qinfra.core.spec import Variant
@@ -50,6 +51,9 @@ class Figures:
     completed: float | None = None  # read to their end (the e2e histogram's count)
     empty: float | None = None
     length: float | None = None  # choices with finish_reason=length
+    loops: float | None = None  # completions ending in a repetition loop
+    refusals: float | None = None  # completions opening with a refusal
+    tokens: float | None = None  # completion tokens of completed requests
     streamed: float | None = None  # the TTFT histogram's count
     e2e_p95_s: float | None = None
     ttft_p95_s: float | None = None
@@ -145,7 +149,9 @@ def latency(check: Check, figures: dict[Variant, Figures], spec: LatencyCheckSpe
 
 
 _RATE_PARTS = {Check.ERROR_RATE: ("errors", "requests"), Check.EMPTY_RATE: ("empty", "completed"),
-               Check.LENGTH_RATE: ("length", "completed")}
+               Check.LENGTH_RATE: ("length", "completed"), Check.REPETITION_RATE: ("loops", "completed"),
+               Check.REFUSAL_RATE: ("refusals", "completed")}
+_OUTPUT_SIGNALS = {Check.REPETITION_RATE, Check.REFUSAL_RATE}
 
 
 def rate(check: Check, figures: dict[Variant, Figures], spec: RateCheckSpec,
@@ -162,6 +168,9 @@ def rate(check: Check, figures: dict[Variant, Figures], spec: RateCheckSpec,
 
     if thin:
         return result(Verdict.INCONCLUSIVE, thin)
+    if check in _OUTPUT_SIGNALS and all(x is None for x, _ in counts.values()):
+        # a router before these counters exports no series at all: nothing to judge
+        return result(Verdict.SKIPPED, f"no {part} counted by the router")
     if any(x is None or n is None or n <= 0 for x, n in counts.values()):
         return result(Verdict.INCONCLUSIVE, f"no {whole} counted for both variants")
     (x_q, n_q), (x_b, n_b) = counts[Variant.QUANTIZED], counts[Variant.BASELINE]
@@ -173,6 +182,34 @@ def rate(check: Check, figures: dict[Variant, Figures], spec: RateCheckSpec,
         return result(Verdict.FAIL, f"{part} {shown}: more than {spec.max_difference:.1%} "
                       f"higher at alpha {spec.alpha}")
     return result(Verdict.PASS, f"{part} {shown}")
+
+
+def length_ratio(figures: dict[Variant, Figures], spec: LengthRatioCheckSpec,
+                 thin: str | None) -> CheckResult:
+    """Mean completion tokens per completed request, quantized over baseline, against min_ratio."""
+    means: dict[Variant, float | None] = {}
+    for v in Variant:
+        tokens, completed = figures[v].tokens, figures[v].completed
+        means[v] = tokens / completed if tokens is not None and completed else None
+    q, b = means[Variant.QUANTIZED], means[Variant.BASELINE]
+    values: dict[str, Any] = {"quantized_mean_tokens": q, "baseline_mean_tokens": b}
+    threshold = {"min_ratio": spec.min_ratio}
+
+    def result(verdict: Verdict, reason: str) -> CheckResult:
+        return CheckResult(Check.LENGTH_RATIO, verdict, reason, values, threshold, spec.dry_run)
+
+    if thin:
+        return result(Verdict.INCONCLUSIVE, thin)
+    if figures[Variant.QUANTIZED].tokens is None and figures[Variant.BASELINE].tokens is None:
+        return result(Verdict.SKIPPED, "no completion tokens reported (engines without usage)")
+    if q is None or b is None or b <= 0:
+        return result(Verdict.INCONCLUSIVE, "no completion tokens counted for both variants")
+    ratio = q / b
+    values["ratio"] = ratio
+    shown = f"mean tokens {q:.1f} vs baseline {b:.1f}: ratio {ratio:.2f}"
+    if ratio < spec.min_ratio:
+        return result(Verdict.FAIL, f"{shown} < {spec.min_ratio}")
+    return result(Verdict.PASS, f"{shown} >= {spec.min_ratio}")
 
 
 def agreement(shadow: Shadow, spec: AgreementCheckSpec, shadowing: bool) -> CheckResult:
@@ -217,6 +254,8 @@ def judge(figures: dict[Variant, Figures], shadow: Shadow, spec: AnalysisSpec,
             out.append(latency(check, figures, settings, thin))
         elif isinstance(settings, RateCheckSpec):
             out.append(rate(check, figures, settings, thin))
+        elif isinstance(settings, LengthRatioCheckSpec):
+            out.append(length_ratio(figures, settings, thin))
         else:
             out.append(agreement(shadow, settings, shadowing))
     return out

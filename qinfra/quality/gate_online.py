@@ -7,28 +7,22 @@ Works where llama-perplexity does not (vLLM's AWQ, GPTQ, FP8, INT8); needs both 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qinfra.core.errors import QinfraError, SpecError
+from qinfra.quality.gate_answers import Answered, EndpointError, ask_all, read_prompt_set
 from qinfra.serving.router.shadow import compare
+
+__all__ = ["EndpointError", "OnlineMetrics", "ask_both", "compare_endpoints", "read_prompts",
+           "shipped_prompts"]
 
 PROMPTS = "gate_prompts.txt"  # shipped; data/gate_text.source.md says where it comes from
 # Short answers: enough tokens for answers to diverge, few enough that 24 prompts on a 135M model
 # on two cores take seconds.
 MAX_TOKENS = 32
-TIMEOUT_S = 120.0
-PARALLEL = 4
-
-
-class EndpointError(QinfraError):
-    """A variant's endpoint that did not answer a gate prompt."""
 
 
 @dataclass(frozen=True)
@@ -53,53 +47,36 @@ def shipped_prompts() -> Path:
 
 
 def read_prompts(path: Path) -> list[str]:
-    """One prompt per non-empty line; SpecError for an empty file."""
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise SpecError(f"{path} holds no prompts. To fix: one prompt per line")
-    return prompts
+    """The prompts of a prompt set (data/gate_prompts.txt's format; answers dropped); SpecError
+    for an empty file."""
+    return [item.prompt for item in read_prompt_set(path)]
 
 
-def answer(endpoint: str, prompt: str, *, model: str | None, api_key: str | None) -> str:
-    """The greedy chat answer of one endpoint (`http://host:port`, with or without /v1)."""
-    base = endpoint.rstrip("/").removesuffix("/v1")
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}],
-                            "temperature": 0, "max_tokens": MAX_TOKENS, "seed": 0}
-    if model:
-        body["model"] = model
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
-                                     headers)
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            doc = json.loads(response.read())
-        return str(doc["choices"][0]["message"]["content"])
-    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise EndpointError(f"{base} did not answer a gate prompt: {exc}. To fix: check the "
-                            "variant is running (`qinfra status`) and serves /v1/chat/completions"
-                            ) from None
-
-
-def compare_endpoints(baseline: str, quantized: str, prompts: list[str], *,
-                      model: str | None = None, api_key: str | None = None) -> OnlineMetrics:
-    """Ask both endpoints every prompt and compare the answers pairwise."""
-    def ask(job: tuple[str, str]) -> str:
-        return answer(job[0], job[1], model=model, api_key=api_key)
-
-    jobs = [(ep, p) for p in prompts for ep in (baseline, quantized)]
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        answers = list(pool.map(ask, jobs))
-    pairs = list(zip(answers[0::2], answers[1::2], strict=True))
+def ask_both(baseline: str, quantized: str, prompts: list[str], *, model: str | None = None,
+             api_key: str | None = None) -> tuple[OnlineMetrics, list[Answered], list[Answered]]:
+    """Ask both endpoints every prompt (MAX_TOKENS each): their agreement, and both answer lists."""
+    with ThreadPoolExecutor(2) as pool:
+        base_job = pool.submit(ask_all, baseline, prompts, model=model, api_key=api_key,
+                               max_tokens=MAX_TOKENS)
+        quant_job = pool.submit(ask_all, quantized, prompts, model=model, api_key=api_key,
+                                max_tokens=MAX_TOKENS)
+        base_answers, quant_answers = base_job.result(), quant_job.result()
+    pairs = [(a.text, b.text) for a, b in zip(base_answers, quant_answers, strict=True)]
     results = [compare(a, b) for a, b in pairs]
     differing = tuple({"prompt": p, "baseline": a, "quantized": b}
                       for p, (a, b), r in zip(prompts, pairs, results, strict=True) if not r.exact)
     n = len(results)
-    return OnlineMetrics(
+    metrics = OnlineMetrics(
         prompts=n,
         exact_match=sum(r.exact for r in results) / n,
         prefix_fraction=sum(r.prefix_fraction for r in results) / n,
         similarity=sum(r.similarity for r in results) / n,
         differing=differing[:5],
     )
+    return metrics, base_answers, quant_answers
+
+
+def compare_endpoints(baseline: str, quantized: str, prompts: list[str], *,
+                      model: str | None = None, api_key: str | None = None) -> OnlineMetrics:
+    """Ask both endpoints every prompt and compare the answers pairwise."""
+    return ask_both(baseline, quantized, prompts, model=model, api_key=api_key)[0]

@@ -60,13 +60,13 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 def stub_process(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Callable[..., tuple[str, subprocess.Popen[bytes]]]:
-    """Start a stub upstream named `name` (on `port`, else a free one); returns its base URL and
-    process, for a test that kills it."""
+    """Start a stub upstream named `name` (on `port`, else a free one; answering `text`, else
+    "ok"); returns its base URL and process, for a test that kills it."""
 
-    def start(name: str, delay_s: float = 0.0, port: int | None = None
+    def start(name: str, delay_s: float = 0.0, port: int | None = None, text: str | None = None
               ) -> tuple[str, subprocess.Popen[bytes]]:
         port = port or free_port()
-        proc = start_stub(port, name, tmp_path / f"stub-{name}-{port}.log", delay_s)
+        proc = start_stub(port, name, tmp_path / f"stub-{name}-{port}.log", delay_s, text)
         request.addfinalizer(lambda: stop(proc))
         return f"http://127.0.0.1:{port}", proc
 

@@ -64,8 +64,11 @@ def start_router(config: Path, port: int, log: Path, *extra: str) -> subprocess.
     return _spawn(argv, log, f"http://127.0.0.1:{port}/health")
 
 
-def start_stub(port: int, name: str, log: Path, delay_s: float = 0.0) -> subprocess.Popen[bytes]:
+def start_stub(port: int, name: str, log: Path, delay_s: float = 0.0,
+               text: str | None = None) -> subprocess.Popen[bytes]:
     argv = [sys.executable, str(STUB), "--port", str(port), "--name", name, "--delay-s", str(delay_s)]
+    if text is not None:
+        argv += ["--text", text]
     return _spawn(argv, log, f"http://127.0.0.1:{port}/v1/models")
 
 

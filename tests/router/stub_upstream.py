@@ -7,7 +7,8 @@ completion with `model: NAME` (so a test sees which replica served it) after S s
 "echo-headers" also gets `request_headers` (what the router sent). A JSON body with
 `"stream": true` gets a server-sent-event stream of three chunks and `data: [DONE]`; if the body
 also contains "die", the stub sends two chunks and then kills itself with SIGKILL, as a crashing
-engine would, mid-stream.
+engine would, mid-stream. `--text T` answers T instead of "ok" (streamed: one chunk per word),
+for the output signals (a looping or refusing variant).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 import uvicorn
 
 
-def make_app(name: str, delay_s: float) -> Any:
+def make_app(name: str, delay_s: float, text: str | None = None) -> Any:
     models = json.dumps({"object": "list", "data": [{"id": name, "object": "model"}]}).encode()
 
     doc: dict[str, Any] = {
         "object": "text_completion", "model": name,
-        "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+        "choices": [{"index": 0, "text": text or "ok", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": len((text or "ok").split()),
+                  "total_tokens": 2 + len((text or "ok").split())},
     }
     plain = json.dumps(doc).encode()
 
@@ -46,11 +48,16 @@ def make_app(name: str, delay_s: float) -> Any:
     async def stream(send: Any, die: bool) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
-        for i, text in enumerate(("one", " two", " three")):
+        words = ("one", " two", " three")
+        if text:
+            first, *rest = text.split(" ")
+            words = (first, *(" " + w for w in rest))
+        last = len(words) - 1
+        for i, piece in enumerate(words):
             if die and i == 2:
                 await asyncio.sleep(0.2)  # let the two chunks leave first
                 os.kill(os.getpid(), signal.SIGKILL)
-            await send({"type": "http.response.body", "body": chunk(text, "stop" if i == 2 else None),
+            await send({"type": "http.response.body", "body": chunk(piece, "stop" if i == last else None),
                         "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
@@ -90,6 +97,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--text", default=None)
     args = parser.parse_args()
-    uvicorn.run(make_app(args.name, args.delay_s), host="127.0.0.1", port=args.port,
+    uvicorn.run(make_app(args.name, args.delay_s, args.text), host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)

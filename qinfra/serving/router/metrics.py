@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from qinfra.core.spec import Variant
 from qinfra.serving.router.assign import Cohort
+from qinfra.serving.router.signals import has_loop, is_refusal
 from qinfra.serving.router.tally import Tally
 
 PREFIX = "qinfra_router_"
@@ -50,6 +51,12 @@ class RouterMetrics:
                                          "completed requests.", v, registry=r)
         self.empty = Counter(f"{PREFIX}empty_completions", "Completed requests whose output was "
                              "empty.", v, registry=r)
+        self.loops = Counter(f"{PREFIX}repetition_loops", "Completed requests whose output ends "
+                             "in a repetition loop (a 4-word sequence 4 times in its last 256 "
+                             "words; qinfra/serving/router/signals.py).", v, registry=r)
+        self.refusals = Counter(f"{PREFIX}refusals", "Completed requests whose output opens "
+                                "with a refusal phrase (signals.py); compared with the baseline's "
+                                "rate, an excess is the unexpected refusals.", v, registry=r)
         self.finish = Counter(f"{PREFIX}finish_reason", "Choices finished, by finish_reason "
                               "(length: cut off at max_tokens).", (*v, "reason"), registry=r)
         self.in_flight = Gauge(f"{PREFIX}in_flight_requests", "Requests the router is serving now.",
@@ -84,7 +91,7 @@ class RouterMetrics:
             for cohort in Cohort:
                 self.assignments.labels(variant, cohort)
             for name in ("ttft", "itl", "e2e", "prompt_tokens", "completion_tokens", "empty",
-                         "in_flight", "retries", "failovers"):
+                         "loops", "refusals", "in_flight", "retries", "failovers"):
                 getattr(self, name).labels(variant)
             self.finish.labels(variant, "length")
         for outcome in ("compared", "not_greedy", "error"):
@@ -93,12 +100,18 @@ class RouterMetrics:
             self.reloads.labels(result)
 
     def completed(self, variant: Variant, tally: Tally, started: float, ended: float) -> None:
-        """Record one response read to its end: tokens, reasons, latencies."""
+        """Record one response read to its end: tokens, reasons, latencies, and the output
+        signals (loop, refusal), streamed or not."""
         if tally.prompt_tokens is not None:
             self.prompt_tokens.labels(variant).inc(tally.prompt_tokens)
         self.completion_tokens.labels(variant).inc(tally.completion_count)
-        if not tally.output:
+        output = tally.output
+        if not output:
             self.empty.labels(variant).inc()
+        elif has_loop(output):
+            self.loops.labels(variant).inc()
+        if output and is_refusal(output):
+            self.refusals.labels(variant).inc()
         for reason in tally.finish_reasons:
             self.finish.labels(variant, reason).inc()
         self.e2e.labels(variant).observe(ended - started)
