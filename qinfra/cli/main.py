@@ -63,6 +63,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "history": LazyCommand(_OBSERVE, "history", "Every update of the stack, newest first and "
                                                 "paged, with its number, result, stage, traffic "
                                                 "and artifact URIs; failed updates included."),
+    "init": LazyCommand("qinfra.cli.init", "init", "Compare formats for a model, recommend a "
+                        "baseline and a quantized variant, write the stack."),
     "plan": LazyCommand("qinfra.cli.plan", "plan", "Memory plan: GPUs, tensor parallelism, "
                                                    "replicas, engine flags and cost."),
     "preview": LazyCommand(_STACK, "preview", "Show what `up` would change: per resource, then "

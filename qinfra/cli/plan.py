@@ -15,6 +15,7 @@ import click
 
 from qinfra.cli.command import Command
 from qinfra.cli.output import echo_json
+from qinfra.core.engines import Engine
 from qinfra.core.errors import QinfraError
 
 FORMATS = ("bf16", "fp16", "fp8", "int8", "awq", "gptq", "gguf-f16", "gguf-q8_0", "gguf-q6_k",
@@ -58,7 +59,7 @@ _ADHOC_OPTIONS = (
     click.option("--model", help="Ad-hoc: hub id (owner/name), a local model dir, or a .gguf file."),
     click.option("--revision", default="main", show_default=True, help="Ad-hoc: hub revision."),
     click.option("--format", "fmt", type=click.Choice(FORMATS), help="Ad-hoc: weight format."),
-    click.option("--engine", type=click.Choice(["vllm", "llama.cpp"]), default=None,
+    click.option("--engine", type=click.Choice([e.value for e in Engine]), default=None,
                  help="Ad-hoc: engine [default: llama.cpp for gguf-*, else vllm]."),
     click.option("--gpu", type=click.Choice(GPUS), help="Ad-hoc: a GPU from the catalog."),
     click.option("--gpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
@@ -96,13 +97,16 @@ def _adhoc_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @click.command("plan", cls=Command)
 @click.option("--stack", "stack", help="Plan this stack (stacks/Pulumi.<stack>.yaml).")
+@click.option("--compare", is_flag=True, help="With --stack: every format the engines load "
+              "on the stack's fleet, side by side, and the recommended pair (as `qinfra init`).")
 @_adhoc_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def plan(stack: str | None, as_json: bool, **adhoc: Any) -> None:
+def plan(stack: str | None, compare: bool, as_json: bool, **adhoc: Any) -> None:
     """Memory plan: GPUs, tensor parallelism, replicas, engine flags and cost.
 
     \b
     For a stack:  qinfra plan --stack prod
+    Compare:      qinfra plan --stack prod --compare
     Ad-hoc:       qinfra plan --model DIR_OR_HUB_ID --format awq --gpu l4 --json
 
     Every memory term is shown per GPU rank, and the estimated ones say so. Exit codes:
@@ -111,6 +115,10 @@ def plan(stack: str | None, as_json: bool, **adhoc: Any) -> None:
     args = AdhocPlan(**adhoc)
     if stack and args.model:
         raise click.UsageError("give either --stack or --model, not both")
+    if compare and not stack:
+        raise click.UsageError("--compare goes with --stack NAME")
+    if stack and compare:
+        _compare_stack(stack, as_json)
     if stack:
         _plan_stack(stack, as_json)
     else:
@@ -121,15 +129,16 @@ def plan(stack: str | None, as_json: bool, **adhoc: Any) -> None:
 def _plan_adhoc(args: AdhocPlan, as_json: bool) -> NoReturn:
     """Plan one engine instance of args.model; exits 0 when it fits, 1 when not."""
     from qinfra.core import modelinfo
-    from qinfra.core.formats import Engine, Format, KvCacheDtype, format_info
+    from qinfra.core.engines import engines_where, traits
+    from qinfra.core.formats import Format, KvCacheDtype, default_engine
     from qinfra.core.hardware import adhoc_gpu, catalog
     from qinfra.planning.planner import EngineOptions, plan_engine
 
     assert args.model is not None and args.fmt is not None  # AdhocPlan.check ran
-    engine = Engine(args.engine) if args.engine else (
-        Engine.LLAMA_CPP if format_info(args.fmt).is_gguf else Engine.VLLM)
-    if args.cpu_memory_gib is not None and engine is not Engine.LLAMA_CPP:
-        raise click.UsageError("--cpu-memory-gib plans are for --engine llama.cpp")
+    engine = Engine(args.engine) if args.engine else default_engine(args.fmt)
+    if args.cpu_memory_gib is not None and not traits(engine).cpu_fleet:
+        raise click.UsageError("--cpu-memory-gib plans are for --engine "
+                               f"{engines_where(lambda e: e.cpu_fleet)}")
     device = None
     if args.gpu:
         device = catalog().gpu(args.gpu)
@@ -180,6 +189,28 @@ def _plan_stack(stack: str, as_json: bool) -> NoReturn:
 
         print_stack_plan(_stdout(), result)
     sys.exit(0 if result.fits else 1)
+
+
+def _compare_stack(stack: str, as_json: bool) -> NoReturn:
+    """The stack's formats against every other the engines load on its fleet; exits 0 when a
+    pair is recommended, 1 when nothing fits."""
+    from qinfra.core.spec import load_stack
+    from qinfra.deploy.init_stack import compare_stack
+
+    spec = load_stack(stack)
+    result = compare_stack(spec)
+    current = (spec.variants.baseline.format.value, spec.variants.quantized.format.value)
+    if as_json:
+        from qinfra.cli.compare_view import comparison_dict
+
+        echo_json({"stack": stack, "engine": spec.serving.engine.value,
+                   "formats": {"baseline": current[0], "quantized": current[1]},
+                   **comparison_dict(result)})
+    else:
+        from qinfra.cli.compare_view import print_comparison
+
+        print_comparison(_stdout(), result, current)
+    sys.exit(0 if result.recommendation else 1)
 
 
 def _stdout() -> Any:
