@@ -44,6 +44,15 @@ os.replace(tmp, dst)  # whole or not at all: a later run trusts a file that is t
 PY
 fi
 
+# vLLM's CPU build in its own venv (.tools/vllm/venv: it pins transformers and
+# compressed-tensors) and the SmolLM2 bf16 checkpoint made from the GGUF above, content-checked:
+# the local stacks that run `engine: vllm` serve it (about 3 minutes and 6.3 GB, once).
+bash scripts/install-vllm.sh
+# llm-compressor in its own venv (.tools/llmcompressor/venv: it pins transformers<=5.17 and
+# compressed-tensors 0.19) and the W8A8 INT8 SmolLM2 made from the bf16 checkpoint above,
+# hash-checked: stack local-vllm's quantized variant (about 2 minutes and 5.2 GB, once).
+bash scripts/install-llmcompressor.sh
+
 # The pinned vLLM release's wheel: the tests read its argument definitions to prove every
 # rendered flag exists (vLLM itself is not installed here: it needs torch and a GPU).
 VLLM_VERSION=$(.venv/bin/python -c 'from qinfra.planning.planner import VLLM_VERSION; print(VLLM_VERSION)')

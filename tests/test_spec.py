@@ -83,8 +83,9 @@ BAD = [
     (lambda c: c["qinfra:variants"]["baseline"].__setitem__("artifact", "s3://b/latest/"),
      "qinfra:variants.baseline.artifact", "sha256-"),
     (lambda c: c.__setitem__("qinfra:api_key", "sk-plain"), "qinfra:api_key", "must be a secret"),
-    (lambda c: c["qinfra:fleet"].__setitem__("cpu", {"memory_gib": 8, "threads": 2}),
-     "qinfra:fleet.cpu", "only with serving.engine llama.cpp"),
+    # vLLM's CPU build serves bf16, fp16 and int8: not prod's AWQ
+    (lambda c: c.__setitem__("qinfra:fleet", {"cpu": {"memory_gib": 8, "threads": 2}}),
+     "qinfra:variants.quantized.format", "a format vllm's CPU build serves"),
     (lambda c: c.pop("qinfra:serving"), "qinfra:serving", "required key is missing"),
     # suggestions come from the field's enum type, wherever the field sits
     (lambda c: c["qinfra:serving"].__setitem__("engine", "vlm"),
@@ -133,7 +134,8 @@ def test_stage_and_percent(stacks):
 
 
 def test_missing_stack_lists_known(stacks):
-    with pytest.raises(SpecError, match=r"Did you mean 'prod'.*Stacks here: k8s, k8s-local, local, prod"):
+    with pytest.raises(SpecError,
+                       match=r"Did you mean 'prod'.*Stacks here: k8s, k8s-local, local, local-vllm, prod"):
         load_stack("prd")
 
 

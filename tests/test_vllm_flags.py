@@ -40,6 +40,12 @@ PLAN_FLAGS = {
     "quantization": "--quantization",
     "dtype": "--dtype",
 }
+# The CPU device's knobs (None/False on GPUs): variables vLLM's CPU build reads, and a bare flag.
+CPU_KNOBS = {
+    "cpu_kv_cache_space_gib": "VLLM_CPU_KVCACHE_SPACE",
+    "cpu_threads": "VLLM_CPU_OMP_THREADS_BIND",
+    "enforce_eager": "--enforce-eager",
+}
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,33 @@ def test_the_default_utilization_is_the_pinned_release_s(vllm_cli):
 
 
 def test_the_plan_names_every_memory_flag():
-    """PLAN_FLAGS covers every field of the plan's vLLM flags, so none goes unchecked."""
-    assert set(PLAN_FLAGS) == {f.name for f in fields(VllmFlags)}
+    """PLAN_FLAGS and CPU_KNOBS cover every field of the plan's vLLM flags, so none goes unchecked."""
+    assert set(PLAN_FLAGS) | set(CPU_KNOBS) == {f.name for f in fields(VllmFlags)}
+
+
+def test_the_cpu_knobs_are_vllm_s(vllm_cli):
+    """Stack local-vllm's launch (vLLM's CPU build): every exported VLLM_* variable and every
+    flag is one the pinned release defines, and the knobs carry the plan's values."""
+    from qinfra.core.spec import load_stack
+    from qinfra.planning.stack import plan_for as plan_stack_file
+
+    spec = load_stack("local-vllm", ROOT / "stacks")
+    plan = plan_stack_file(spec)
+    for name, script in scripts(render_stack(spec, plan)).items():
+        if not name.endswith("/serve.sh"):
+            continue
+        flags = plan.variant(name.split("/")[0]).chosen.engine_plan.flags
+        exported = dict(w.split("=", 1) for line in script.splitlines()
+                        if line.startswith("export ") for w in line.split()[1:])
+        for var in exported:
+            if var.startswith("VLLM_"):
+                assert var in vllm_cli.env_vars, var
+        assert exported[CPU_KNOBS["cpu_kv_cache_space_gib"]] == str(flags.cpu_kv_cache_space_gib)
+        assert exported[CPU_KNOBS["cpu_threads"]] == f"0-{flags.cpu_threads - 1}"
+        argv = launch_command(script, "vllm")
+        assert CPU_KNOBS["enforce_eager"] in vllm_cli.options and argv[-3] == "--enforce-eager"
+        _, options = _check(vllm_cli, [*argv[:-3], *argv[-2:]])
+        assert "--gpu-memory-utilization" not in options
 
 
 # (target, baseline, quantized, fleet, kv cache dtype): each case reaches other rendered values.

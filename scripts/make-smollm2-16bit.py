@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Make the 16-bit SmolLM2-135M-Instruct safetensors checkpoint that vLLM's CPU build serves in the
+tests, from the Q4_1 GGUF that scripts/setup.sh unpacks, byte for byte the same on every run.
+
+    .tools/vllm/venv/bin/python scripts/make-smollm2-16bit.py [--out DIR] [--write-expected]
+
+Runs in the vLLM venv (scripts/install-vllm.sh installs transformers, gguf, accelerate and
+safetensors there, at pinned versions: they decide the bytes). Writes config.json,
+generation_config.json, the tokenizer files and model.safetensors (bf16) into a temporary folder
+beside the output, checks every file's sha256 against scripts/smollm2-16bit.sha256.json, and only
+then renames the folder into place: the output is whole or absent. A file whose hash differs fails
+the run, naming the file; the rejected folder is kept beside the output for a look. A rerun whose
+output already matches the pinned hashes changes nothing.
+
+The weights are the GGUF's Q4_1 values dequantized (the GGUF is the only copy of the model that
+the project ships), so this is a 16-bit checkpoint of the quantized model, not the hub's original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GGUF = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-bf16"
+EXPECTED = Path(__file__).resolve().with_name("smollm2-16bit.sha256.json")
+CHUNK = 1 << 20
+
+
+class MakeError(Exception):
+    """A wrong input or a result that differs from the pinned hashes."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def differences(got: dict[str, str], want: dict[str, str]) -> list[str]:
+    """One line per file that is missing, extra or different; empty when they are the same."""
+    lines = []
+    for name in sorted(set(got) | set(want)):
+        if name not in got:
+            lines.append(f"{name}: missing (expected sha256 {want[name]})")
+        elif name not in want:
+            lines.append(f"{name}: not expected (sha256 {got[name]})")
+        elif got[name] != want[name]:
+            lines.append(f"{name}: sha256 {got[name]}, expected {want[name]}")
+    return lines
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    names = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
+    return {name: importlib.metadata.version(name) for name in sorted(names)}
+
+
+def make(gguf: Path, folder: Path) -> None:
+    """Write the checkpoint into the empty folder `folder`."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)  # every parameter is overwritten below; this only makes that moot
+    src, name = str(gguf.parent), gguf.name
+
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    # transformers dequantizes the GGUF's tensors (Q4_1 -> float) while loading.
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.bfloat16)
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in quantized.state_dict().items()}
+    generation = quantized.generation_config
+    del quantized
+
+    # save_pretrained refuses a model loaded from a GGUF ("quantized with QuantizationMethod.GGUF
+    # and is not serializable"): rebuild a plain model from the config without its
+    # quantization_config and load the dequantized weights into it (strict: every weight).
+    config = AutoConfig.from_pretrained(src, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+
+    # What transformers writes is byte-identical from run to run (checked across processes and
+    # PYTHONHASHSEED values: JSON keys sorted, tokenizer.json in id order, safetensors metadata
+    # only {"format": "pt"}), so the files are kept as written, with one exception below.
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    GenerationConfig.from_dict(generation.to_dict()).save_pretrained(folder)
+    drop_load_options(folder / "tokenizer_config.json")
+    # mkdtemp makes the folder 0700 and safetensors writes 0600: give the checkpoint the
+    # ordinary modes (umask applied) so whoever serves it can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def drop_load_options(path: Path) -> None:
+    """tokenizer_config.json records how this run loaded the tokenizer (`is_local`,
+    `local_files_only`), which says nothing about the tokenizer and would tell a later load
+    something this run happened to do; drop those keys, keep the rest as transformers wrote it."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only"):
+        data.pop(key, None)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, default=GGUF, help="the source GGUF (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the checkpoint folder (default: %(default)s)")
+    parser.add_argument(
+        "--write-expected",
+        action="store_true",
+        help=f"record this run's hashes in {EXPECTED.name} instead of checking them (after a pin moves)",
+    )
+    args = parser.parse_args(argv)
+    # Read before transformers/huggingface_hub are imported: never reach a hub, no progress bars.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    gguf, out = args.gguf.resolve(), args.out.resolve()
+
+    expected = json.loads(EXPECTED.read_text(encoding="utf-8")) if EXPECTED.exists() else None
+    if not args.write_expected:
+        if expected is None:
+            raise MakeError(f"{EXPECTED} is missing; run with --write-expected to record the hashes")
+        if out.is_dir() and not differences(file_hashes(out), expected["files"]):
+            print(f"[make-smollm2-16bit] {out} is up to date")
+            return 0
+
+    if not gguf.is_file():
+        raise MakeError(f"the source GGUF {gguf} is missing: scripts/setup.sh places it there")
+    if expected is not None and not args.write_expected:
+        got = sha256_of(gguf)
+        if got != expected["source"]["sha256"]:
+            raise MakeError(f"{gguf.name}: sha256 {got}, expected {expected['source']['sha256']}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        make(gguf, tmp)
+        got = file_hashes(tmp)
+        if args.write_expected:
+            record = {
+                "source": {"file": gguf.name, "sha256": sha256_of(gguf)},
+                "tools": tool_versions(),
+                "files": got,
+            }
+            EXPECTED.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            print(f"[make-smollm2-16bit] recorded {len(got)} hashes in {EXPECTED}")
+        else:
+            wrong = differences(got, expected["files"])
+            if wrong:
+                rejected = out.with_name(out.name + ".rejected")
+                shutil.rmtree(rejected, ignore_errors=True)
+                os.replace(tmp, rejected)
+                raise MakeError(
+                    f"the checkpoint differs from {EXPECTED.name} (tools now: {tool_versions()}, "
+                    f"pinned: {expected['tools']}); kept in {rejected}:\n  " + "\n  ".join(wrong)
+                )
+        # Whole or nothing: the old folder goes aside, the new one takes its name, the old goes.
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[make-smollm2-16bit] wrote {out} ({len(got)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MakeError as e:
+        print(f"[make-smollm2-16bit] error: {e}", file=sys.stderr)
+        sys.exit(1)
