@@ -25,6 +25,7 @@ class Server:
     log: Path
     ctx_size: int
     parallel: int
+    pid: int = 0  # the llama-server's pid (this test run started it)
 
 
 def _binary(name: str) -> Path:
@@ -48,7 +49,7 @@ def start_server(model: Path, log: Path, ctx_size: int, parallel: int,
         wait_ready(proc, f"{base}/health", log)
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
-    return proc, Server(base, model, log, ctx_size, parallel)
+    return proc, Server(base, model, log, ctx_size, parallel, proc.pid)
 
 
 @pytest.fixture(scope="session")
