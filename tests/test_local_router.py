@@ -166,11 +166,12 @@ def test_the_real_model_answers_through_the_router(tmp_path_factory):
         result = qinfra("up", "--stack", "local", "--yes")
         assert result.exit_code == 0, result.output
         # up ends with the model's answers, one per variant, and the curl to ask it yourself
-        answers = [line.split("->", 1)[1] for line in result.output.splitlines() if "->" in line]
+        answers = [line.split("->", 1)[1] for line in result.output.splitlines()
+                   if line.startswith(("  baseline ", "  quantized "))]
         assert len(answers) == 2 and "curl -s" in result.output
-        # The baseline knows; this 135M model's Q4_K_M answers beside the point at temperature
-        # 0 (measured: "L'Alberle, la femme, ..."), which is what a quality gate is for.
-        assert "Paris" in answers[0], answers
+        # The question is one no variant ties on (issue 24: F16 to Q2_K all answer "Au"); the
+        # capital of France is a near-tie this 135M model's Q4_K_M loops on in French.
+        assert "Au" in answers[0], answers
         seen: dict[str, str] = {}
         for user in (f"user-{i}" for i in range(12)):
             status, variant, body = ask(real["port"], user, "What is the capital of France?", 32)
