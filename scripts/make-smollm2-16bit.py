@@ -19,7 +19,6 @@ the project ships), so this is a 16-bit checkpoint of the quantized model, not t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -27,47 +26,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from checkpoint_pins import (
+    MakeError,
+    differences,
+    drop_load_options,
+    file_hashes,
+    sha256_of,
+    versions,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 GGUF = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-bf16"
 EXPECTED = Path(__file__).resolve().with_name("smollm2-16bit.sha256.json")
-CHUNK = 1 << 20
-
-
-class MakeError(Exception):
-    """A wrong input or a result that differs from the pinned hashes."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def differences(got: dict[str, str], want: dict[str, str]) -> list[str]:
-    """One line per file that is missing, extra or different; empty when they are the same."""
-    lines = []
-    for name in sorted(set(got) | set(want)):
-        if name not in got:
-            lines.append(f"{name}: missing (expected sha256 {want[name]})")
-        elif name not in want:
-            lines.append(f"{name}: not expected (sha256 {got[name]})")
-        elif got[name] != want[name]:
-            lines.append(f"{name}: sha256 {got[name]}, expected {want[name]}")
-    return lines
-
-
 def tool_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    names = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
-    return {name: importlib.metadata.version(name) for name in sorted(names)}
+    return versions(("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate"))
 
 
 def make(gguf: Path, folder: Path) -> None:
@@ -112,16 +85,6 @@ def make(gguf: Path, folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def drop_load_options(path: Path) -> None:
-    """tokenizer_config.json records how this run loaded the tokenizer (`is_local`,
-    `local_files_only`), which says nothing about the tokenizer and would tell a later load
-    something this run happened to do; drop those keys, keep the rest as transformers wrote it."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("is_local", "local_files_only"):
-        data.pop(key, None)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ pinned hashes changes nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -27,50 +26,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+from checkpoint_pins import (
+    MakeError,
+    differences,
+    drop_load_options,
+    file_hashes,
+    versions,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-bf16"
 OUT = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-W8A8"
 EXPECTED = Path(__file__).resolve().with_name("smollm2-w8a8.sha256.json")
 SOURCE_EXPECTED = Path(__file__).resolve().with_name("smollm2-16bit.sha256.json")
 SCHEME = "W8A8"
-CHUNK = 1 << 20
-
-
-class MakeError(Exception):
-    """A wrong input or a result that differs from the pinned hashes."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def differences(got: dict[str, str], want: dict[str, str]) -> list[str]:
-    """One line per file that is missing, extra or different; empty when they are the same."""
-    lines = []
-    for name in sorted(set(got) | set(want)):
-        if name not in got:
-            lines.append(f"{name}: missing (expected sha256 {want[name]})")
-        elif name not in want:
-            lines.append(f"{name}: not expected (sha256 {got[name]})")
-        elif got[name] != want[name]:
-            lines.append(f"{name}: sha256 {got[name]}, expected {want[name]}")
-    return lines
-
-
 def tool_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    names = ("torch", "transformers", "tokenizers", "safetensors", "llmcompressor",
-             "compressed-tensors", "accelerate")
-    return {name: importlib.metadata.version(name) for name in sorted(names)}
+    return versions(("torch", "transformers", "tokenizers", "safetensors", "llmcompressor",
+             "compressed-tensors", "accelerate"))
 
 
 def make(source: Path, folder: Path) -> None:
@@ -96,18 +68,6 @@ def make(source: Path, folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def drop_load_options(path: Path) -> None:
-    """tokenizer_config.json records how this run loaded the tokenizer (`is_local`,
-    `local_files_only`); drop those keys, as scripts/make-smollm2-16bit.py does."""
-    if not path.is_file():
-        return
-    data = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("is_local", "local_files_only"):
-        data.pop(key, None)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

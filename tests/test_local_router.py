@@ -40,15 +40,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     yield from _project(tmp_path_factory.mktemp("router-project"), demo=True)
 
 
-def ask(port: int, user: str, content: str = "hello", max_tokens: int = 4) -> tuple[int, str, dict]:
-    """(status, x-qinfra-variant, body) of one chat completion through the router."""
+def ask(port: int, user: str, content: str = "hello", max_tokens: int = 4,
+        key: str | None = None, timeout_s: float = 60) -> tuple[int, str, dict]:
+    """(status, x-qinfra-variant, body) of one chat completion through the router (`key`: the
+    stack's API key as the bearer token)."""
     body = json.dumps({"messages": [{"role": "user", "content": content}],
                        "max_tokens": max_tokens, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json", "X-Qinfra-User": user}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json",
-                                          "X-Qinfra-User": user})
+                                 headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=60) as response:
+        with urllib.request.urlopen(req, timeout=timeout_s) as response:
             return (response.status, response.headers.get("x-qinfra-variant", ""),
                     json.loads(response.read()))
     except urllib.error.HTTPError as exc:

