@@ -309,3 +309,27 @@ def test_environment_variables_are_vllm_s(vllm_cli):
     for name in [*exported, "VLLM_API_KEY"]:
         if name.startswith("VLLM_"):
             assert name in vllm_cli.env_vars, name
+
+
+def test_plan_shows_the_cpu_knobs_as_the_launch_script_sets_them():
+    """`qinfra plan` printed the CPU device's knobs as flags vLLM does not have
+    (`--cpu-threads 2 --enforce-eager True`): they are environment settings and a switch."""
+    from qinfra.cli.views import flag_words
+    from qinfra.core.formats import KvCacheDtype
+    from qinfra.planning.flags import VllmFlags
+
+    cpu = VllmFlags(tensor_parallel_size=1, gpu_memory_utilization=None, max_model_len=1024,
+                    max_num_seqs=4, max_num_batched_tokens=2048, kv_cache_dtype=KvCacheDtype("auto"),
+                    quantization=None, dtype="bfloat16", cpu_kv_cache_space_gib=1, cpu_threads=2,
+                    enforce_eager=True)
+    words = flag_words(cpu)
+    assert words[-3:] == ["VLLM_CPU_KVCACHE_SPACE=1", "VLLM_CPU_OMP_THREADS_BIND=0-1",
+                          "--enforce-eager"]
+    assert not any(w.startswith(("--cpu", "--gpu-memory")) or "True" in w for w in words)
+    gpu = VllmFlags(tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=8192,
+                    max_num_seqs=256, max_num_batched_tokens=2048, kv_cache_dtype=KvCacheDtype("auto"),
+                    quantization="awq_marlin", dtype="float16")
+    assert flag_words(gpu) == ["--tensor-parallel-size 2", "--gpu-memory-utilization 0.9",
+                               "--max-model-len 8192", "--max-num-seqs 256",
+                               "--max-num-batched-tokens 2048", "--kv-cache-dtype auto",
+                               "--quantization awq_marlin", "--dtype float16"]

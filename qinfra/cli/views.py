@@ -165,10 +165,28 @@ def router_line(plan: StackPlan) -> str:
     return f"router: {runs}; weights {weights}"
 
 
+def flag_words(flags: Any) -> list[str]:
+    """The plan's engine settings as the launch script gives them: `--flag value`, a bare
+    `--switch` when true, and `NAME=value` for what the engine reads from its environment."""
+    from dataclasses import fields
+
+    words = []
+    for f in fields(flags):
+        value = getattr(flags, f.name)
+        if value is None or value is False:
+            continue
+        if env := f.metadata.get("env"):
+            shown = f.metadata.get("form", "{value}").format(value=value, last=value - 1)
+            words.append(f"{env}={shown}")
+        elif value is True:
+            words.append(f"--{f.name.replace('_', '-')}")
+        else:
+            words.append(f"--{f.name.replace('_', '-')} {value}")
+    return words
+
+
 def _print_flags(console: Any, plan: EnginePlan) -> None:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(plan.flags).items()
-                     if v is not None)
-    console.print(f"[dim]engine flags:[/] {flags}")
+    console.print(f"[dim]engine flags:[/] {' '.join(flag_words(plan.flags))}")
 
 
 def _print_problems(console: Any, errors: tuple[str, ...], warnings: tuple[str, ...]) -> None:

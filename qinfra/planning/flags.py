@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
@@ -30,8 +30,12 @@ class VllmFlags:
     kv_cache_dtype: KvCacheDtype
     quantization: str | None
     dtype: str | None
-    cpu_kv_cache_space_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE (whole GiB)
-    cpu_threads: int | None = None  # VLLM_CPU_OMP_THREADS_BIND=0-<threads - 1>
+    # Set in the engine's environment, not on its command line (metadata `env`: how the launch
+    # script and `qinfra plan` name them).
+    cpu_kv_cache_space_gib: int | None = field(  # whole GiB
+        default=None, metadata={"env": "VLLM_CPU_KVCACHE_SPACE"})
+    cpu_threads: int | None = field(  # bound as 0-<threads - 1>
+        default=None, metadata={"env": "VLLM_CPU_OMP_THREADS_BIND", "form": "0-{last}"})
     enforce_eager: bool = False  # --enforce-eager: no torch.compile (CPU: minutes per start)
 
     @property
