@@ -7,7 +7,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 
@@ -57,3 +62,40 @@ def drop_load_options(path: Path) -> None:
         data.pop(key, None)
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                     encoding="utf-8")
+
+
+def build(out: Path, make: Callable[[Path], None], expected_path: Path,
+          expected: dict[str, Any] | None, record: Callable[[dict[str, str]], dict[str, Any]] | None,
+          tools: Callable[[], dict[str, str]], tag: str) -> int:
+    """Make the checkpoint in a temporary folder beside `out`, then either record its hashes in
+    `expected_path` (`record` builds that document from them) or check them against `expected`:
+    a difference keeps the result as <out>.rejected and raises MakeError naming every file. The
+    result takes `out`'s name whole or not at all. Returns its number of files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        make(tmp)
+        got = file_hashes(tmp)
+        if record is not None:
+            expected_path.write_text(json.dumps(record(got), indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+            print(f"[{tag}] recorded {len(got)} hashes in {expected_path}")
+        else:
+            assert expected is not None
+            if wrong := differences(got, expected["files"]):
+                rejected = out.with_name(out.name + ".rejected")
+                shutil.rmtree(rejected, ignore_errors=True)
+                os.replace(tmp, rejected)
+                raise MakeError(
+                    f"the checkpoint differs from {expected_path.name} (tools now: {tools()}, "
+                    f"pinned: {expected['tools']}); kept in {rejected}:\n  " + "\n  ".join(wrong))
+        # Whole or nothing: the old folder goes aside, the new one takes its name, the old goes.
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(got)

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from checkpoint_pins import (
     MakeError,
+    build,
     differences,
     drop_load_options,
     file_hashes,
@@ -117,39 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         if got != expected["source"]["sha256"]:
             raise MakeError(f"{gguf.name}: sha256 {got}, expected {expected['source']['sha256']}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        make(gguf, tmp)
-        got = file_hashes(tmp)
-        if args.write_expected:
-            record = {
-                "source": {"file": gguf.name, "sha256": sha256_of(gguf)},
-                "tools": tool_versions(),
-                "files": got,
-            }
-            EXPECTED.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            print(f"[make-smollm2-16bit] recorded {len(got)} hashes in {EXPECTED}")
-        else:
-            wrong = differences(got, expected["files"])
-            if wrong:
-                rejected = out.with_name(out.name + ".rejected")
-                shutil.rmtree(rejected, ignore_errors=True)
-                os.replace(tmp, rejected)
-                raise MakeError(
-                    f"the checkpoint differs from {EXPECTED.name} (tools now: {tool_versions()}, "
-                    f"pinned: {expected['tools']}); kept in {rejected}:\n  " + "\n  ".join(wrong)
-                )
-        # Whole or nothing: the old folder goes aside, the new one takes its name, the old goes.
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[make-smollm2-16bit] wrote {out} ({len(got)} files)")
+    def record(got: dict[str, str]) -> dict[str, object]:
+        return {"source": {"file": gguf.name, "sha256": sha256_of(gguf)},
+                "tools": tool_versions(), "files": got}
+
+    count = build(out, lambda folder: make(gguf, folder), EXPECTED, expected,
+                  record if args.write_expected else None, tool_versions, "make-smollm2-16bit")
+    print(f"[make-smollm2-16bit] wrote {out} ({count} files)")
     return 0
 
 

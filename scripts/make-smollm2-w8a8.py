@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from checkpoint_pins import (
     MakeError,
+    build,
     differences,
     drop_load_options,
     file_hashes,
@@ -97,37 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     if wrong := differences(file_hashes(source), pinned_source):
         raise MakeError(f"{source} is not the pinned bf16 checkpoint:\n  " + "\n  ".join(wrong))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        make(source, tmp)
-        got = file_hashes(tmp)
-        if args.write_expected:
-            record = {"source": {"folder": source.name, "files": pinned_source},
-                      "recipe": {"modifier": "QuantizationModifier", "targets": "Linear",
-                                 "scheme": SCHEME, "ignore": ["lm_head"], "dataset": None},
-                      "tools": tool_versions(), "files": got}
-            EXPECTED.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            print(f"[make-smollm2-w8a8] recorded {len(got)} hashes in {EXPECTED}")
-        else:
-            assert expected is not None
-            wrong = differences(got, expected["files"])
-            if wrong:
-                rejected = out.with_name(out.name + ".rejected")
-                shutil.rmtree(rejected, ignore_errors=True)
-                os.replace(tmp, rejected)
-                raise MakeError(
-                    f"the checkpoint differs from {EXPECTED.name} (tools now: {tool_versions()}, "
-                    f"pinned: {expected['tools']}); kept in {rejected}:\n  " + "\n  ".join(wrong))
-        old = out.with_name(out.name + ".old")  # whole or nothing, as make-smollm2-16bit.py
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[make-smollm2-w8a8] wrote {out} ({len(got)} files)")
+    def record(got: dict[str, str]) -> dict[str, object]:
+        return {"source": {"folder": source.name, "files": pinned_source},
+                "recipe": {"modifier": "QuantizationModifier", "targets": "Linear",
+                           "scheme": SCHEME, "ignore": ["lm_head"], "dataset": None},
+                "tools": tool_versions(), "files": got}
+
+    count = build(out, lambda folder: make(source, folder), EXPECTED, expected,
+                  record if args.write_expected else None, tool_versions, "make-smollm2-w8a8")
+    print(f"[make-smollm2-w8a8] wrote {out} ({count} files)")
     return 0
 
 
