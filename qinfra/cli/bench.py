@@ -149,11 +149,11 @@ def _resolve(stack: str | None, target: str, model: str | None) -> _Where:
     if not stack:
         raise click.UsageError(f"--target {target} reads the stack's outputs: pass --stack NAME "
                                "(or give --target a URL)")
+    from qinfra.cli.terminal import open_stack
     from qinfra.core.spec import Variant
-    from qinfra.deploy.operations import Stack
     from qinfra.quality.bench_workload import BenchError
 
-    spec = (handle := Stack.open(stack, check=False)).spec
+    spec = (handle := open_stack(stack, check=False)).spec
     outputs = handle.deployer.outputs()
     variant = None if target == "router" else Variant(target)
     url = (outputs.get("endpoint") if variant is None

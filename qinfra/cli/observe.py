@@ -10,6 +10,7 @@ import click
 from qinfra.cli.command import Command
 from qinfra.cli.options import json_option, stack_option
 from qinfra.cli.output import console, echo_json
+from qinfra.cli.terminal import open_stack
 
 DEFAULT_PAGE = 20  # history entries a page shows: a screenful
 _ENDPOINT_COLUMNS = ("variant", "format", "traffic", "replicas", "gpu", "instance", "endpoint")
@@ -50,12 +51,6 @@ def print_endpoints(stack: str, outputs: dict[str, Any]) -> None:
     out.print(endpoints_table(stack, outputs))
 
 
-def _open(stack: str) -> Any:
-    from qinfra.deploy.operations import Stack
-
-    return Stack.open(stack)
-
-
 @click.command(cls=Command)
 @stack_option
 @json_option
@@ -70,7 +65,7 @@ def status(stack: str, as_json: bool) -> None:
     from qinfra.cli.allocation import print_allocation
     from qinfra.deploy.observe import status as read_status
 
-    now = read_status(_open(stack))
+    now = read_status(open_stack(stack))
     if as_json:
         echo_json(now.to_json())
     elif not now.outputs:
@@ -101,7 +96,7 @@ def history(stack: str, limit: int, page: int, as_json: bool) -> None:
     from qinfra.deploy.history import paged
     from qinfra.deploy.observe import history as read_history
 
-    shown = paged(read_history(_open(stack)), limit, page)
+    shown = paged(read_history(open_stack(stack)), limit, page)
     if as_json:
         echo_json(shown.rows)
         return

@@ -17,14 +17,8 @@ from qinfra.cli.options import (
     yes_option,
 )
 from qinfra.cli.output import echo_json
+from qinfra.cli.terminal import open_stack
 from qinfra.core.errors import DeployError
-
-
-def _open(stack: str, as_json: bool = False) -> Any:
-    from qinfra.cli.terminal import TerminalEvents
-    from qinfra.deploy.operations import Stack
-
-    return Stack.open(stack, TerminalEvents(as_json))
 
 
 def _present(result: Any, handle: Any, as_json: bool, ask: bool = False) -> None:
@@ -65,7 +59,7 @@ def preview(stack: str, as_json: bool, markdown: bool) -> None:
     """Show what `up` would change: per resource, then GPUs, memory and cost before -> after."""
     from qinfra.cli.preview_view import print_report
 
-    print_report(_open(stack, as_json).preview(), as_json, markdown)
+    print_report(open_stack(stack, as_json).preview(), as_json, markdown)
 
 
 @click.command(cls=Command)
@@ -79,7 +73,7 @@ def up(stack: str, yes: bool, as_json: bool, skip_gate: bool) -> None:
     Fails at once, before pushing or previewing, while another update holds the stack's lock;
     after pinning, before the engine, while the quality gate refuses the quantized share.
     """
-    handle = _open(stack, as_json)
+    handle = open_stack(stack, as_json)
     result = handle.up(yes=yes, skip_gate=skip_gate, preview=not (yes and as_json))
     _present(result, handle, as_json, ask=handle.spec.target.value == "local")
 
@@ -108,7 +102,7 @@ def rollback(stack: str, yes: bool, no_apply: bool, as_json: bool) -> None:
     change of the stack is applying (an automatic rollout's step), it waits for it, then stops
     that rollout.
     """
-    handle = _open(stack, as_json)
+    handle = open_stack(stack, as_json)
     result = handle.rollback(yes=yes, no_apply=no_apply, preview=not (yes and as_json))
     _present_change(result, handle, as_json)
 
@@ -137,7 +131,7 @@ def rollout(stack: str, percent: int | None, stage: str | None, yes: bool, no_ap
         click.get_current_context().exit(_auto(stack, commit, as_json, skip_gate))
     from qinfra.core.spec import Stage
 
-    handle = _open(stack, as_json)
+    handle = open_stack(stack, as_json)
     result = handle.rollout(percent, Stage(stage) if stage else None, yes=yes, no_apply=no_apply,
                             skip_gate=skip_gate, preview=not (yes and as_json))
     _present_change(result, handle, as_json)
@@ -147,7 +141,7 @@ def _auto(stack: str, commit: bool, as_json: bool, skip_gate: bool) -> int:
     """Run the automatic rollout, print its outcome (JSON with --json); the exit code."""
     from qinfra.deploy.auto_rollout import AutoRollout
 
-    run = AutoRollout(_open(stack, as_json), commit)(skip_gate)
+    run = AutoRollout(open_stack(stack, as_json), commit)(skip_gate)
     if as_json:
         echo_json(run.to_json())
     else:
@@ -160,7 +154,7 @@ def _auto(stack: str, commit: bool, as_json: bool, skip_gate: bool) -> int:
 @yes_option
 def destroy(stack: str, yes: bool) -> None:
     """Stop and delete everything the stack runs; artifacts in the store are kept."""
-    outcome = _open(stack).destroy(yes=yes)
+    outcome = open_stack(stack).destroy(yes=yes)
     click.echo(f"destroyed: {outcome.summary.get('delete', 0)} resources")
 
 

@@ -56,3 +56,10 @@ class TerminalEvents(Events):
 
         with progress_bars(quiet=self.as_json) as progress:
             yield progress
+
+
+def open_stack(name: str, as_json: bool = False, check: bool = True) -> Any:
+    """The stack, opened with its events shown on this terminal (see Stack.open's `check`)."""
+    from qinfra.deploy.operations import Stack
+
+    return Stack.open(name, TerminalEvents(as_json), check=check)

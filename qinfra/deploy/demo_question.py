@@ -44,16 +44,11 @@ class DemoQuestion:
 
 
 def api_key(run_dir: Path, stack: str) -> str | None:
-    """The key the local engines were started with: the 0600 file qinfra keeps beside each of
-    them while they run (the router passes the client's Authorization through to them)."""
-    from qinfra.deploy.targets.local_servers import KEY_FILE
+    """The key the stack's local engines were started with (the router passes the client's
+    Authorization through to them)."""
+    from qinfra.deploy.targets.local_servers import engine_key
 
-    for variant in Variant:
-        try:
-            return (run_dir / stack / variant.value / KEY_FILE).read_text().splitlines()[0].strip()
-        except (OSError, IndexError):
-            continue
-    return None
+    return engine_key(run_dir / stack / v.value for v in Variant)
 
 
 def ask(spec: StackSpec, endpoint: str, key: str | None) -> DemoQuestion:

@@ -4,7 +4,6 @@ allocated, and every update of the engine's history linked to the automatic roll
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,17 +101,6 @@ def status(stack: Stack) -> Status:
                   local=stack.spec.target is Target.LOCAL)
 
 
-def _api_key(folders: list[Path]) -> str | None:
-    """The key the local engines were started with: the 0600 file qinfra keeps beside them
-    while they run (llama-server's /props and /slots need it when the stack sets one)."""
-    from qinfra.deploy.targets.local_servers import KEY_FILE
-
-    for folder in folders:
-        with contextlib.suppress(OSError, IndexError):
-            return (folder / KEY_FILE).read_text().splitlines()[0].strip() or None
-    return None
-
-
 def allocation(spec: StackSpec, outputs: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
     """Per variant with a running engine: planned (the stack file's plan) against actual (its
     llama-server's log, /props and /slots). None where nothing is deployed or the target is not
@@ -130,7 +118,9 @@ def allocation(spec: StackSpec, outputs: dict[str, Any], run_dir: Path) -> dict[
     folder = run_dir / spec.name
     endpoints = {v.value: variants[v.value]["endpoint"] for v in running}
     logs = {v.value: folder / v.value / "server.log" for v in running}
-    return local_allocations(plans, endpoints, logs, _api_key([folder / v.value for v in running]))
+    from qinfra.deploy.targets.local_servers import engine_key
+
+    return local_allocations(plans, endpoints, logs, engine_key(folder / v.value for v in running))
 
 
 def kv_warnings(doc: dict[str, Any] | None) -> list[str]:

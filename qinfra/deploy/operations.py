@@ -176,7 +176,7 @@ class Stack:
         """What `up` would change (a PreviewReport); a stack never deployed is previewed and not
         left behind. Without the policy pack (which denies it), a gate refusal is a warning."""
         if self.deployer.policy_packs() is None:
-            gate_updates(self.spec, skip=False, events=self.events, refuse=False)
+            self.gate(None, skip=False, refuse=False)
         with self.deployer.transient():
             return self._preview_report()
 

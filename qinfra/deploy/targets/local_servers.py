@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,15 @@ def record(folder: Path, ident: Identity, pid_file: bool = True) -> None:
     if pid_file:
         (folder / PID_FILE).write_text(f"{ident.pid}\n")
     (folder / IDENTITY_FILE).write_text(json.dumps(ident.to_json()) + "\n")
+
+
+def engine_key(folders: Iterable[Path]) -> str | None:
+    """The API key the local engines were started with: the 0600 file qinfra keeps beside each
+    while it runs (the first of `folders` that holds one); None where none does."""
+    for folder in folders:
+        with contextlib.suppress(OSError, IndexError):
+            return (folder / KEY_FILE).read_text().splitlines()[0].strip() or None
+    return None
 
 
 # --- ports ----------------------------------------------------------------------------------
