@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 from ruamel.yaml import YAML
 
 from qinfra.cli.main import cli
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "stacks" / "Pulumi.local.yaml"
@@ -58,24 +59,6 @@ def local_stack(port: int, store: str, demo: bool = True, skip_gate: bool = True
     return out.getvalue()
 
 
-def free_ports(count: int = 3) -> int:
-    """A port p with p .. p + count - 1 free (router, baseline and quantized side by side)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + count - 1 > 65535:
-            continue
-        try:
-            for offset in range(1, count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no {count} free ports in a row")
-
-
 def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -101,7 +84,7 @@ def write_project(root: Path, *, demo: bool = True, skip_gate: bool = True,
         (root / "policies").symlink_to(ROOT / "policies")
         (root / ".venv").symlink_to(ROOT / ".venv")
     (root / "stacks").mkdir()
-    port = free_ports()
+    port = free_ports(3)
     (root / "stacks" / "Pulumi.local.yaml").write_text(
         local_stack(port, f"file://{root}/store", demo=demo, skip_gate=skip_gate))
     return port

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from qinfra.artifacts.stores import MIB, TransferSettings
+from tests.ports import free_port
 
 # S3's smallest part is 5 MiB (s3transfer raises smaller chunk sizes to it): with it a 6 MiB file
 # is a two-part upload and a 12 MiB one a three-part upload. One transfer thread keeps the order
@@ -27,12 +27,6 @@ SMALL_PARTS = TransferSettings(
 )
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -63,7 +57,7 @@ def moto_server(log_path: Path) -> Iterator[str]:
     Also used by benchmarks/. Raises RuntimeError (with the server's log) when it never answers.
     """
     for _attempt in range(3):  # the port is free when picked; another process may take it first
-        port = _free_port()
+        port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

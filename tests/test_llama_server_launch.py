@@ -22,8 +22,9 @@ from qinfra.core.spec import StackSpec, load_stack
 from qinfra.planning.sizing import StackPlan
 from qinfra.serving.llamacpp import SERVER, find_binary, quantize
 from qinfra.serving.render import LLAMA_CPP_BUILD, LaunchInputs, render_stack, write_rendered
+from tests.ports import free_port
 from tests.render_helpers import STACKS, launch_command, plan_for, with_api_key
-from tests.router.processes import free_port, stop, wait_ready
+from tests.router.processes import stop, wait_ready
 
 pytestmark = pytest.mark.real
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,7 @@ from qinfra.serving.llamacpp import (
     quantize,
     server_version,
 )
+from tests.ports import free_port
 
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -155,12 +155,6 @@ SERVER_CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, dict[str, Any]]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.status, json.load(response)
@@ -215,7 +209,7 @@ def server(
     case: ServerCase = request.param
     binary = _binary(SERVER)
     model = baseline if case.variant == "f16" else request.getfixturevalue("quantized")[0]
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "llama-server.log"
     argv = [
         str(binary),

@@ -84,7 +84,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n")
     (root / "stacks").mkdir()
-    port = free_ports()
+    port = free_ports(3)
     (root / "stacks" / f"Pulumi.{STACK}.yaml").write_text(_stack_text(port, f"file://{root}/store"))
     (root / ".tools" / "models").mkdir(parents=True)
     for folder in (SMOLLM2_BF16, W8A8):

@@ -13,7 +13,8 @@ import pytest
 from qinfra.core.demomodel import write_demo_model
 from qinfra.core.errors import ArtifactError
 from qinfra.serving.llamacpp import QUANTIZE, SERVER, find_binary
-from tests.router.processes import ROOT, free_port, stop, wait_ready
+from tests.ports import free_port
+from tests.router.processes import ROOT, stop, wait_ready
 
 SMOLLM2 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 

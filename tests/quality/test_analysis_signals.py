@@ -15,8 +15,9 @@ from qinfra.core.analysis_spec import AnalysisSpec, Check
 from qinfra.core.spec import Variant
 from qinfra.quality.analysis import StepOutcome, StepTally, analyse, query, variant_queries
 from qinfra.quality.analysis_stats import Figures, Shadow, Verdict, judge
+from tests.ports import free_port
 from tests.router.client import call, stream, wait_for
-from tests.router.processes import free_port, start_router, start_stub, stop
+from tests.router.processes import start_router, start_stub, stop
 
 ANSWER = "The capital of France is Paris, a city on the Seine in the north of the country."
 LOOP = "la femme, la femme, la femme, la femme, la femme, la femme"

@@ -12,8 +12,9 @@ from qinfra.core.formats import Format
 from qinfra.quality.gate_online import EndpointError, compare_endpoints, read_prompts, shipped_prompts
 from qinfra.quality.gate_thresholds import thresholds_for
 from qinfra.serving.llamacpp import SERVER, find_binary
+from tests.ports import free_port
 from tests.quality.gate_models import smollm2_models  # noqa: F401  (fixture)
-from tests.router.processes import free_port, start_llama_server, stop
+from tests.router.processes import start_llama_server, stop
 
 pytestmark = pytest.mark.real
 

@@ -16,7 +16,8 @@ from qinfra.core.demomodel import write_demo_model
 from qinfra.core.errors import ArtifactError
 from qinfra.core.fileio import open_atomic
 from qinfra.serving.llamacpp import SERVER, find_binary
-from tests.router.processes import free_port, start_llama_server, start_router, start_stub, stop
+from tests.ports import free_port
+from tests.router.processes import start_llama_server, start_router, start_stub, stop
 
 
 @dataclass

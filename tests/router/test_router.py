@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.ports import free_port
 from tests.router.client import call, metrics, sample, stream, wait_for
-from tests.router.processes import free_port
 
 pytestmark = pytest.mark.real
 
