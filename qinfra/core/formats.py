@@ -27,6 +27,8 @@ class Format(StrEnum):
     INT8 = "int8"
     AWQ = "awq"
     GPTQ = "gptq"
+    W4A16 = "w4a16"
+    W8A16 = "w8a16"
     GGUF_F16 = "gguf-f16"
     GGUF_Q8_0 = "gguf-q8_0"
     GGUF_Q6_K = "gguf-q6_k"

@@ -31,6 +31,9 @@ class Quantization:
     method: str
     bits: int | None = None
     group_size: int | None = None
+    # Whether each group stores a zero point beside its scale: GPTQ and AWQ checkpoints do
+    # (packed, `bits` wide) even when symmetric; a symmetric compressed-tensors one does not.
+    zero_points: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,11 +125,7 @@ def from_config(config: Mapping[str, Any], name: str = "") -> ModelInfo:
     qcfg = config.get("quantization_config") or cfg.get("quantization_config")
     quant = None
     if qcfg:
-        quant = Quantization(
-            method=str(qcfg.get("quant_method", "unknown")),
-            bits=int(qcfg["bits"]) if qcfg.get("bits") else None,
-            group_size=int(qcfg["group_size"]) if qcfg.get("group_size") else None,
-        )
+        quant = _quantization(qcfg)
 
     tied = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings"))
     bias = cfg.get("attention_bias")
@@ -148,6 +147,27 @@ def from_config(config: Mapping[str, Any], name: str = "") -> ModelInfo:
         mla=mla,
         layer_windows=_layer_windows(cfg, layers),
         quantization=quant,
+    )
+
+
+def _quantization(qcfg: dict[str, Any]) -> Quantization:
+    """The checkpoint's weight quantization: AutoGPTQ/AutoAWQ keep bits and group_size at the
+    top; compressed-tensors (llm-compressor) keeps them per config group, under `weights`."""
+    method = str(qcfg.get("quant_method", "unknown"))
+    groups = qcfg.get("config_groups") or {}
+    weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict)
+                    and isinstance(g.get("weights"), dict)), None)
+    if method == "compressed-tensors" and weights is not None:
+        return Quantization(
+            method=method,
+            bits=int(weights["num_bits"]) if weights.get("num_bits") else None,
+            group_size=int(weights["group_size"]) if weights.get("group_size") else None,
+            zero_points=not weights.get("symmetric", True),
+        )
+    return Quantization(
+        method=method,
+        bits=int(qcfg["bits"]) if qcfg.get("bits") else None,
+        group_size=int(qcfg["group_size"]) if qcfg.get("group_size") else None,
     )
 
 

@@ -34,6 +34,7 @@ from qinfra.core.formats import (
     format_info,
     formats_loaded_by,
 )
+from qinfra.core.recipes import RecipeSpec, recipe_problem
 from qinfra.core.spec_problems import FieldError
 from qinfra.core.spec_sections import GateSpec, KubernetesSpec, RouterSpec
 from qinfra.core.spec_types import Number, SpecModel, Whole
@@ -116,6 +117,9 @@ class VariantSpec(_Model):
     source: str | None = Field(None, description="Where the weights come from (hub id, dir or "
                                "file); default model.id. A gguf-* quantized variant with no "
                                "source is quantized from the baseline.")
+    recipe: RecipeSpec | None = Field(None, description="How `qinfra artifacts push` makes "
+                                      "the artifact from `source` (default model.id): gguf, "
+                                      "llm-compressor or dequantize, recorded in its manifest.")
     artifact: str | None = Field(None, description="Pinned artifact URI, written by "
                                  "`qinfra artifacts push --stack`.")
 
@@ -165,6 +169,10 @@ class VariantsSpec(_Model):
                 raise FieldError(
                     (name, "format"), fmt.value, f"a {want.value} format: {', '.join(allowed)}"
                 )
+            if variant.recipe is not None and (
+                    problem := recipe_problem(variant.recipe, fmt, variant.source)):
+                field, value, allowed_ = problem
+                raise FieldError((name, "recipe", field), value, allowed_)
         return self
 
 
@@ -350,9 +358,12 @@ class StackSpec(_Model):
             for name, variant in self.variants.pairs():
                 if not serves_on_cpu(engine, variant.format):
                     allowed = ", ".join(sorted(traits(engine).cpu_formats or ()))
+                    near = [f.value for f in format_info(variant.format).equivalents
+                            if serves_on_cpu(engine, f) and engine_loads(engine, f)]
+                    nearest = f"; nearest: {near[0]}" if near else ""
                     raise FieldError(("variants", name, "format"), variant.format.value,
                                      f"a format {engine.value}'s CPU build serves "
-                                     f"(qinfra:fleet has only cpu): {allowed}")
+                                     f"(qinfra:fleet has only cpu): {allowed}{nearest}")
         if self.target is Target.LOCAL and not traits(engine).local:
             raise FieldError(("serving", "engine"), engine.value,
                              f"{engines_where(lambda e: e.local)} for target local")

@@ -89,15 +89,35 @@ def problems(exc: ValidationError, given: Mapping[str, Any], schema: type[BaseMo
     """One `<key path>: got <value>; allowed: ...` line per error pydantic found in `given`."""
     out = []
     for err in exc.errors():
-        loc = list(err["loc"])
+        loc = _without_tags(err["loc"], given)
         ctx = err.get("ctx") or {}
         inner = ctx.get("error")
-        if isinstance(inner, FieldError):
+        if err["type"] == "union_tag_invalid":  # a discriminated union (a recipe's name)
+            loc.append(str(ctx["discriminator"]).strip("'"))
+            msg = f"got {shown(ctx['tag'])}; allowed: {ctx['expected_tags'].replace(chr(39), '')}"
+        elif err["type"] == "union_tag_not_found":
+            loc.append(str(ctx["discriminator"]).strip("'"))
+            msg = "required key is missing"
+        elif isinstance(inner, FieldError):
             loc += list(inner.loc)
             msg = str(inner)
         else:
             msg = _message(err, _lookup(given, loc), schema)
         out.append(f"{shown_text(_key(loc, namespace))}: {msg}")
+    return out
+
+
+def _without_tags(loc: Sequence[str | int], given: Mapping[str, Any]) -> list[str | int]:
+    """`loc` without the tags pydantic puts in it for a discriminated union member (the
+    `llm-compressor` of recipe.llm-compressor.scheme): a part that is no key of the mapping
+    there but the value of one."""
+    out: list[str | int] = []
+    for part in loc:
+        here = _lookup(given, out)
+        if (isinstance(here, Mapping) and part not in here
+                and any(v == part for v in here.values() if isinstance(v, str))):
+            continue
+        out.append(part)
     return out
 
 

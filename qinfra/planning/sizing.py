@@ -14,6 +14,7 @@ from qinfra.core.spec import StackSpec, Stage, Target, Variant, traffic_percent
 from qinfra.planning.engine_plan import GIB, EngineOptions, EnginePlan, GpuSizing
 from qinfra.planning.engines import planner_for
 from qinfra.planning.planner import plan_engine
+from qinfra.planning.recipe_checks import model_as_made, recipe_device_error, recipe_errors
 from qinfra.planning.router import RouterPlan
 from qinfra.planning.targets import plan_router, target_plan
 
@@ -121,10 +122,16 @@ def plan_stack(spec: StackSpec, model: ModelInfo, catalog: Catalog) -> StackPlan
 def _plan_variant(
     spec: StackSpec, model: ModelInfo, catalog: Catalog, name: Variant, share: int
 ) -> VariantPlan:
-    fmt = spec.variants.of(name).format
+    variant = spec.variants.of(name)
+    fmt = variant.format
     required = math.ceil(spec.serving.concurrency * share / 100)
     options: list[FleetOption] = []
-    refused: list[str] = []
+    refused: list[str] = list(recipe_errors(variant, model))
+    if refused:  # the recipe would make nothing servable: no fleet to size
+        return VariantPlan(name=name, sized_for_percent=share, required_concurrency=required,
+                           chosen=None, options=(), refused=tuple(refused),
+                           why=f"its recipe is refused: {refused[0]}")
+    model = model_as_made(variant, model)
     if spec.fleet.cpu is not None:
         option = _cpu_option(spec, model, fmt, required)
         (options if option.fits else refused).append(
@@ -132,6 +139,9 @@ def _plan_variant(
         )
     for gpu_name in spec.fleet.gpus:
         gpu = catalog.gpu(gpu_name)
+        if (why := recipe_device_error(variant, gpu)) is not None:
+            refused.append(f"{gpu_name}: {why}")
+            continue
         for itype in catalog.instances_for(gpu_name):
             option = _gpu_option(spec, model, fmt, gpu, itype, required)
             if option.fits:

@@ -76,11 +76,13 @@ def param_counts(model: ModelInfo, tp: int = 1) -> ParamCounts:
 
 
 def linear_bits(fmt: FormatInfo, model: ModelInfo) -> float:
-    """Bits per linear weight; a group-quantized checkpoint's own bits and group size win."""
+    """Bits per linear weight; a group-quantized checkpoint's own bits and group size win: one
+    16-bit scale per group, and a `bits`-wide zero point where the checkpoint stores them."""
     q = model.quantization
     if fmt.group_quantized and q is not None and q.bits:
         group = q.group_size if q.group_size and q.group_size > 0 else None
-        return q.bits + ((16 + q.bits) / group if group else 0.0)
+        per_group = 16 + (q.bits if q.zero_points else 0)
+        return q.bits + (per_group / group if group else 0.0)
     return fmt.linear_bits
 
 
