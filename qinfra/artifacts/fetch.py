@@ -47,6 +47,9 @@ class Fetched:
 
     description: str
     files: tuple[SourceFile, ...]
+    # Set when the files are a pinned artifact's (checked against its manifest): a recipe
+    # over them records this id as its source.
+    artifact_id: str | None = None
 
 
 def cache_dir(stack_path: Path | None = None) -> Path:
@@ -86,11 +89,13 @@ def fetch(
     """
     if source == DEMO_MODEL_ID:
         return _demo_model(fmt, cache or cache_dir())
+    if source.startswith(("file://", "s3://")):
+        return _pinned(source)
     path = Path(source).expanduser()
     if path.is_file():
         return Fetched(str(path), (SourceFile(path.name, path),))
     if path.is_dir():
-        return Fetched(str(path), _walk(path, str(path)))
+        return Fetched(str(path), walk(path, str(path)))
     if not is_hub_id(source):
         raise ArtifactError(
             f"source '{source}' is neither an existing file or directory nor a hub id "
@@ -104,7 +109,7 @@ def fetch(
     # A cached snapshot also holds whatever earlier downloads of that revision fetched.
     files = tuple(
         filter_repo_objects(
-            _walk(folder, where), allow_patterns=list(patterns), key=lambda f: f.path
+            walk(folder, where), allow_patterns=list(patterns), key=lambda f: f.path
         )
     )
     if not files:
@@ -113,6 +118,23 @@ def fetch(
             "holds this format, or set the variant's format or source"
         )
     return Fetched(where, files)
+
+
+def _pinned(uri: str) -> Fetched:
+    """A pinned artifact as a source (a recipe over another variant's made checkpoint): its
+    files in the file:// store's folder, each checked against the manifest first."""
+    from qinfra.artifacts.manifest import split_artifact_uri
+    from qinfra.artifacts.verify import verify_before_serving
+
+    parsed = split_artifact_uri(uri)
+    if not parsed.store.startswith("file:///"):
+        raise ArtifactError(f"source {uri}: an artifact is read as a source from a file:// "
+                            "store only. To fix: name its file:// copy, or the checkpoint it "
+                            "was pushed from")
+    manifest = verify_before_serving(str(parsed), project_hash_cache())
+    folder = Path(parsed.store.removeprefix("file://")) / parsed.artifact_id
+    files = tuple(SourceFile(e.path, folder / e.path) for e in manifest.files)
+    return Fetched(str(parsed), files, parsed.artifact_id)
 
 
 def _demo_model(fmt: Format | None, cache: Path) -> Fetched:
@@ -130,7 +152,7 @@ def _demo_model(fmt: Format | None, cache: Path) -> Fetched:
     return Fetched(DEMO_MODEL_ID, (SourceFile(path.name, path),))
 
 
-def _walk(root: Path, description: str) -> tuple[SourceFile, ...]:
+def walk(root: Path, description: str) -> tuple[SourceFile, ...]:
     """Every regular file under `root`, skipping hidden ones (.git, .cache/huggingface)."""
     files: list[SourceFile] = []
     for folder, dirs, names in os.walk(root):

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
+from qinfra.artifacts.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    Recipe,
+    artifact_id_of,
+    split_artifact_uri,
+)
 from qinfra.artifacts.store_open import open_store
 from qinfra.artifacts.stores import STAT_THREADS, TransferSettings
 from qinfra.core.artifact_uri import artifact_uri, is_artifact_id
-from qinfra.serving.llamacpp import QuantizeRecipe
 
 if TYPE_CHECKING:
     from qinfra.core.spec import StackSpec
@@ -34,7 +39,7 @@ class ArtifactListing:
     pinned_by: tuple[str, ...]
     file_count: int | None = None
     size_bytes: int | None = None
-    recipe: QuantizeRecipe | None = None
+    recipe: Recipe | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

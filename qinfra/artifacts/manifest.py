@@ -7,9 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from qinfra.artifacts.provenance import MadeRecipe
 from qinfra.core.artifact_uri import ARTIFACT_URI_SHAPE, ArtifactUri, parse_artifact_uri
 from qinfra.core.errors import ArtifactError
 from qinfra.serving.llamacpp import QuantizeRecipe
+
+# llama-quantize over the baseline (the older record: tool, version, type), or a recipe's.
+Recipe = QuantizeRecipe | MadeRecipe
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -32,7 +36,7 @@ class Manifest:
     """Everything an artifact is; its canonical bytes' sha256 is the artifact's name."""
 
     files: tuple[FileEntry, ...]
-    recipe: QuantizeRecipe | None = None
+    recipe: Recipe | None = None
 
     def __post_init__(self) -> None:
         # Files in path order: equal content gives equal manifests, whatever order they came in.
@@ -73,12 +77,16 @@ class Manifest:
                 FileEntry(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]))
                 for f in doc["files"]
             )
-            recipe = QuantizeRecipe(**doc["recipe"]) if "recipe" in doc else None
+            recipe = _recipe(doc["recipe"]) if "recipe" in doc else None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(
                 f"{where} is not a qinfra manifest ({exc}). To fix: push the artifact again"
             ) from None
         return cls(files=files, recipe=recipe)
+
+
+def _recipe(doc: dict[str, Any]) -> Recipe:
+    return MadeRecipe.from_json(doc) if "steps" in doc else QuantizeRecipe(**doc)
 
 
 def artifact_id_of(manifest_bytes: bytes) -> str:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 ProgressFn = Callable[[int], None]
+# The total of a step whose length is not known (a recipe's tool run): one call ends it.
+UNKNOWN = -1
 
 
 class Progress(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,13 @@ from qinfra.artifacts.fetch import (
 )
 from qinfra.artifacts.hashcache import FileStamp
 from qinfra.artifacts.hashing import HashedFile, Hasher, SourceFile, stat_source
-from qinfra.artifacts.manifest import MANIFEST_NAME, Manifest, artifact_id_of, split_artifact_uri
+from qinfra.artifacts.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    Recipe,
+    artifact_id_of,
+    split_artifact_uri,
+)
 from qinfra.artifacts.progress import NO_PROGRESS, Progress
 from qinfra.artifacts.store_open import open_store
 from qinfra.artifacts.stores import (
@@ -39,10 +46,11 @@ from qinfra.core.errors import ArtifactError
 from qinfra.core.formats import format_info
 from qinfra.core.spec import Variant
 from qinfra.core.stack_keys import artifact_key
-from qinfra.serving.llamacpp import QuantizeRecipe
 
 if TYPE_CHECKING:
-    from qinfra.core.spec import StackSpec
+    from pathlib import Path
+
+    from qinfra.core.spec import StackSpec, VariantSpec
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def push(
     fetched: Fetched,
     store: Store,
     *,
-    recipe: QuantizeRecipe | None = None,
+    recipe: Recipe | None = None,
     hasher: Hasher | None = None,
     progress: Progress = NO_PROGRESS,
     expect: Pin | None = None,
@@ -153,7 +161,7 @@ def _stage_new(files: Sequence[SourceFile], store: StagingStore, hasher: Hasher,
     return {stamp: (keys[stamp], stamp.size) for stamp in new}
 
 
-def _complete(fetched: Fetched, store: Store, recipe: QuantizeRecipe | None, hasher: Hasher,
+def _complete(fetched: Fetched, store: Store, recipe: Recipe | None, hasher: Hasher,
               progress: Progress, expect: Pin | None,
               staged: dict[FileStamp, tuple[str, int]]) -> PushResult:
     """The rest of a push once staged files are hashed: the manifest, what the store lacks
@@ -225,19 +233,26 @@ def push_stack(
     cache = cache_dir(spec.path)
     wanted = set(Variant) if only is None else set(only)
     quantized = spec.variants.of(Variant.QUANTIZED)
-    from_baseline = quantized.source is None and bool(format_info(quantized.format).gguf_type)
+    from_baseline = (quantized.source is None and quantized.recipe is None
+                     and bool(format_info(quantized.format).gguf_type))
     # The baseline is fetched (not pushed) when the quantized variant is made from it.
     needed = wanted | ({Variant.BASELINE} if from_baseline and Variant.QUANTIZED in wanted else set())
     results: dict[Variant, PushResult] = {}
     fetched: dict[Variant, Fetched] = {}
+    made: dict[Variant, Recipe | None] = {}
     for name, variant in spec.variants.pairs():
         if name not in needed:
             continue
-        recipe = None
-        if name is Variant.QUANTIZED and from_baseline:
-            fetched[name], recipe = quantize_baseline(
-                fetched[Variant.BASELINE], variant.format, cache, hasher, progress
-            )
+        recipe: Recipe | None = None
+        if variant.recipe is not None:
+            fetched[name], recipe = _made(spec, variant, cache, hasher, progress)
+        elif name is Variant.QUANTIZED and from_baseline:
+            base = fetched[Variant.BASELINE]
+            fetched[name], quantized_recipe = quantize_baseline(
+                base, variant.format, cache, hasher, progress)
+            base_id = Manifest(tuple(h.entry for h in hasher.hash_files(base.files, progress)),
+                               made[Variant.BASELINE]).artifact_id
+            recipe = dataclasses.replace(quantized_recipe, source=base_id)
         else:
             source = variant.source or spec.model.id
             revision = spec.model.revision if source == spec.model.id else None
@@ -248,12 +263,30 @@ def push_stack(
             if name is Variant.BASELINE:
                 fetched[name], recipe = as_baseline(fetched[name], variant.format, cache, hasher,
                                                     progress)
+        made[name] = recipe
         if name in wanted:
             pin = Pin(spec.name, name, variant.artifact or "") if name in restore else None
             results[name] = push(
                 fetched[name], store, recipe=recipe, hasher=hasher, progress=progress, expect=pin
             )
     return results
+
+
+def _made(spec: StackSpec, variant: VariantSpec, cache: Path, hasher: Hasher,
+          progress: Progress) -> tuple[Fetched, Recipe]:
+    """A variant with a recipe: its source (default model.id) fetched as a checkpoint, then
+    made (or found made) by the recipe's tools."""
+    from qinfra.artifacts.recipes import make
+    from qinfra.artifacts.toolchain import Toolchain
+
+    assert variant.recipe is not None
+    source = variant.source or spec.model.id
+    revision = spec.model.revision if source == spec.model.id else None
+    checkpoint = fetch(spec.local_source(source), fmt=None, revision=revision, cache=cache,
+                       progress=progress)
+    return make(variant.recipe, checkpoint, variant.format, name=spec.model.id, cache=cache,
+                hasher=hasher, tools=Toolchain.for_project(spec.root), progress=progress,
+                root=spec.root)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from qinfra.artifacts.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
+    Recipe,
     artifact_id_of,
     split_artifact_uri,
 )
@@ -36,6 +37,7 @@ class VerifyReport:
 
     uri: str
     checks: tuple[FileCheck, ...]
+    recipe: Recipe | None = None  # how the artifact was made, as its manifest says
 
     @property
     def bad(self) -> tuple[FileCheck, ...]:
@@ -50,6 +52,7 @@ class VerifyReport:
             "uri": self.uri,
             "ok": self.ok,
             "files": [{"path": c.path, "problem": c.problem} for c in self.checks],
+            "recipe": self.recipe.to_json() if self.recipe else None,
         }
 
 
@@ -77,7 +80,7 @@ def verify(
     )
     checks = [FileCheck(MANIFEST_NAME)]
     checks += [FileCheck(e.path, _problem(e, found[f"{aid}/{e.path}"])) for e in manifest.files]
-    return VerifyReport(uri, tuple(checks))
+    return VerifyReport(uri, tuple(checks), manifest.recipe)
 
 
 def _problem(entry: FileEntry, found: StoredObject | None) -> str | None:

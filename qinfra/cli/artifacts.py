@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from qinfra.artifacts.progress import UNKNOWN
 from qinfra.cli.command import Group
 from qinfra.cli.output import echo_json
 from qinfra.core.errors import ArtifactError
@@ -135,6 +136,8 @@ def verify(uri: str, as_json: bool) -> None:
             f"{lines}\nTo fix: push the artifact again from its source"
         )
     click.echo(f"{report.uri}: intact ({len(report.checks)} files checked)")
+    for line in report.recipe.lines() if report.recipe else ():
+        click.echo(line)
 
 
 @artifacts.command("ls")
@@ -167,7 +170,7 @@ def ls(stack: str, as_json: bool) -> None:
             "" if item.file_count is None else str(item.file_count),
             "" if item.size_bytes is None else decimal(item.size_bytes),
             ", ".join(item.pinned_by),
-            f"{recipe.type} ({recipe.tool})" if recipe else "",
+            recipe.summary if recipe else "",
         )
     Console().print(table)
 
@@ -191,6 +194,9 @@ class _RichProgress:
         self._bars = bars
 
     def start(self, description: str, total_bytes: int) -> ProgressFn:
+        if total_bytes == UNKNOWN:  # a tool run: a pulse until it reports it is done
+            task = self._bars.add_task(description, total=None)
+            return lambda _: self._bars.update(task, total=1, completed=1)
         task = self._bars.add_task(description, total=total_bytes)
 
         def advance(n: int) -> None:

@@ -39,14 +39,28 @@ class QuantizeRecipe:
     # Extra llama-quantize flags, e.g. --allow-requantize for a baseline made from an already
     # quantized file. Left out of the manifest when empty, so older artifacts keep their ids.
     flags: tuple[str, ...] = ()
+    # The artifact id of the baseline it quantized (provenance back to the 16-bit checkpoint
+    # through the baseline's own record); left out when unknown, as older manifests have it.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flags", tuple(self.flags))  # JSON gives a list back
+
+    @property
+    def summary(self) -> str:
+        return f"{self.type} ({self.tool})"
+
+    def lines(self) -> tuple[str, ...]:
+        flags = "".join(f" {f}" for f in self.flags)
+        source = f" from {self.source}" if self.source else ""
+        return (f"recipe {self.tool}{flags} {self.type}{source} [{self.version}]",)
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {"tool": self.tool, "version": self.version, "type": self.type}
         if self.flags:
             doc["flags"] = list(self.flags)
+        if self.source:
+            doc["source"] = self.source
         return doc
 
 
