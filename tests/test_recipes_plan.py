@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 from qinfra.artifacts.manifest import FileEntry, Manifest
 from qinfra.artifacts.provenance import MadeRecipe, Step
 from qinfra.core.errors import SpecError
-from qinfra.core.formats import format_info
+from qinfra.core.formats import Format, format_info
 from qinfra.core.modelinfo import from_config
 from qinfra.core.spec import load_stack
 from qinfra.planning.weights import linear_bits, param_counts
@@ -157,3 +157,23 @@ def test_the_manifest_records_a_recipe_and_reads_the_older_record_unchanged():
     doc = json.loads(older.to_bytes())
     assert doc["recipe"] == {"tool": "llama-quantize", "version": "b1-abc", "type": "Q4_K_M"}
     assert Manifest.from_bytes(older.to_bytes(), "here") == older
+
+
+def test_init_writes_the_recipe_that_makes_each_variant(stacks, smollm2):
+    """`qinfra init` on a 16-bit checkpoint: a T4 gets INT8 W8A8, made by llm-compressor, and the
+    written stack plans as it is; a grouped scheme gets a group size that divides the model."""
+    result = qinfra("init", "--model", str(smollm2), "--target", "aws", "--gpus", "t4",
+                    "--stack", "made", "--yes")
+    assert result.exit_code == 0, result.output
+    written = YAML(typ="safe").load((stacks / "Pulumi.made.yaml").read_text())["config"]
+    assert written["qinfra:variants"]["quantized"] == {
+        "format": "int8", "recipe": {"name": "llm-compressor", "scheme": "W8A8"}}
+    assert qinfra("plan", "--stack", "made").exit_code == 0
+    from qinfra.planning.compare import artifact_route
+
+    spec = load_stack("made")
+    info = from_config(json.loads(SMOLLM2_CONFIG.read_text()))
+    route = artifact_route(spec, Format.W4A16, info)
+    assert dict(route.recipe) == {"name": "llm-compressor", "scheme": "W4A16", "group_size": 64}
+    assert dict(artifact_route(spec, Format.GGUF_F16, info).recipe) == {"name": "gguf"}
+    assert artifact_route(spec, Format.GGUF_Q4_K_M, info).recipe == ()  # llama-quantize

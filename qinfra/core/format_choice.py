@@ -24,6 +24,7 @@ class Preference:
     recipe: str
     qinfra_runs: bool  # `qinfra artifacts push` runs the recipe today
     sources: str
+    make: tuple[tuple[str, str], ...] = ()  # the qinfra:variants.<v>.recipe init writes
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def preferences() -> Preferences:
             if format_info(fmt).kind is not kind or fmt in rows:
                 raise ValueError(f"format_preferences.toml: {fmt} listed twice or under {kind}")
             rows[fmt] = Preference(fmt, kind, rank, row["reason"], row["recipe"],
-                                   bool(row["qinfra_runs"]), row["sources"])
+                                   bool(row["qinfra_runs"]), row["sources"],
+                                   tuple(row.get("make", {}).items()))
     engines = {target: tuple(Engine(e) for e in order) for target, order in raw["engines"].items()}
     return Preferences(engines, rows)
 

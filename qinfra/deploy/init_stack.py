@@ -263,6 +263,8 @@ def _final_config(config: Mapping[str, Any], draft: StackSpec,
         variants[name] = {"format": pick.candidate.format.value}
         if pick.candidate.artifact.source:
             variants[name]["source"] = pick.candidate.artifact.source
+        if pick.candidate.artifact.recipe:
+            variants[name]["recipe"] = dict(pick.candidate.artifact.recipe)
     out[f"{NAMESPACE}:serving"]["engine"] = rec.engine.value
     if draft.fleet.gpus:
         out[f"{NAMESPACE}:fleet"]["gpus"] = list(rec.gpus)
@@ -297,6 +299,8 @@ def render_stack_file(spec: StackSpec, rec: Recommendation, config: Mapping[str,
         "provider": sorted((k, v) for k, v in config.items() if not k.startswith(f"{NAMESPACE}:")),
         "baseline": rec.baseline.candidate.format.value,
         "baseline_source": spec.variants.baseline.source,
+        "baseline_recipe": dict(rec.baseline.candidate.artifact.recipe),
+        "quantized_recipe": dict(quantized.artifact.recipe),
         "baseline_note": _wrapped([f"no source: qinfra does not make it yet "
                                    f"({baseline_route.how.removeprefix('recipe: ')}); set source "
                                    "to a GGUF file or hub repo holding it"], 88)

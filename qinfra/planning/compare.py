@@ -18,8 +18,10 @@ from qinfra.core.format_choice import Preference, hub_artifact, preferences
 from qinfra.core.formats import Format, FormatKind, format_info, formats_loaded_by
 from qinfra.core.hardware import Catalog
 from qinfra.core.modelinfo import DEMO_MODEL_ID, ModelInfo
+from qinfra.core.recipes import GROUPED_SCHEMES
 from qinfra.core.spec import StackSpec, Stage, Target, Variant
 from qinfra.planning.engine_plan import GIB
+from qinfra.planning.recipe_checks import fitting_group
 from qinfra.planning.sizing import FleetOption, VariantPlan, plan_stack
 
 CPU = "cpu"  # the device name of a qinfra:fleet.cpu row
@@ -79,6 +81,7 @@ class ArtifactRoute:
     kind: ArtifactKind
     how: str
     source: str | None = None  # written as the variant's `source` (a hub repo)
+    recipe: tuple[tuple[str, str | int], ...] = ()  # written as the variant's `recipe`
 
     @property
     def obtainable(self) -> bool:
@@ -181,7 +184,7 @@ def _candidates(spec: StackSpec, model: ModelInfo, catalog: Catalog,
         out.append(Candidate(
             variant=variant, engine=engine, preference=prefs.of(fmt), kernels=kernels,
             kernel=on[chosen.gpu] if chosen else best, plan=plan,
-            drift=drift.get(fmt), artifact=artifact_route(spec, fmt),
+            drift=drift.get(fmt), artifact=artifact_route(spec, fmt, model),
         ))
     return out
 
@@ -217,9 +220,23 @@ def _plan_on(spec: StackSpec, model: ModelInfo, catalog: Catalog, engine: Engine
     return plan_stack(trial, model, catalog).variant(variant)
 
 
-def artifact_route(spec: StackSpec, fmt: Format) -> ArtifactRoute:
+def artifact_route(spec: StackSpec, fmt: Format, model: ModelInfo | None = None) -> ArtifactRoute:
     """Where `fmt`'s weights would come from for `spec`'s model: its own checkpoint, a known hub
     checkpoint, a recipe qinfra runs, or one it does not run yet."""
+    route = _route(spec, fmt)
+    pref = preferences().of(fmt)
+    if route.kind is not ArtifactKind.RECIPE or not pref.make or route.how != f"recipe: {pref.recipe}":
+        return route
+    recipe: dict[str, str | int] = dict(pref.make)
+    if model is not None and recipe.get("scheme") in GROUPED_SCHEMES:
+        group = fitting_group(model)
+        if group is None:  # no group divides: a recipe plan would refuse; offer none
+            return ArtifactRoute(ArtifactKind.PENDING, route.how)
+        recipe["group_size"] = group
+    return ArtifactRoute(route.kind, route.how, route.source, tuple(recipe.items()))
+
+
+def _route(spec: StackSpec, fmt: Format) -> ArtifactRoute:
     pref = preferences().of(fmt)
     model = spec.model.id
     gguf_model = model == DEMO_MODEL_ID or Path(model).suffix == ".gguf"

@@ -9,7 +9,13 @@ import dataclasses
 from qinfra.core.formats import format_info
 from qinfra.core.hardware import Gpu
 from qinfra.core.modelinfo import ModelInfo, Quantization
-from qinfra.core.recipes import GROUP_SIZES, SCHEME_FORMAT, CompressorRecipe, Scheme
+from qinfra.core.recipes import (
+    DEFAULT_GROUP_SIZE,
+    GROUP_SIZES,
+    SCHEME_FORMAT,
+    CompressorRecipe,
+    Scheme,
+)
 from qinfra.core.spec import VariantSpec
 
 
@@ -24,6 +30,12 @@ def linear_inputs(model: ModelInfo) -> dict[str, int]:
         if model.moe.shared_intermediate_size:
             sizes["shared expert intermediate_size"] = model.moe.shared_intermediate_size
     return sizes
+
+
+def fitting_group(model: ModelInfo, most: int = DEFAULT_GROUP_SIZE) -> int | None:
+    """The largest offered group size up to `most` that divides every linear layer's input."""
+    sizes = linear_inputs(model).values()
+    return next((g for g in GROUP_SIZES if g <= most and all(s % g == 0 for s in sizes)), None)
 
 
 def recipe_errors(variant: VariantSpec, model: ModelInfo) -> tuple[str, ...]:
