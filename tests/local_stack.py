@@ -26,6 +26,7 @@ from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "stacks" / "Pulumi.local.yaml"
+CHECKPOINT = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct-bf16"  # the local stacks' model
 # What `qinfra artifacts push` makes from the demo model (content-addressed: the same everywhere).
 DEMO_PINS = {
     "baseline": "sha256-d0491170f1000b2bffe3fefd5796cfec80c35ed4c2dc0d1e8af53ea9b64c9494",
@@ -85,10 +86,24 @@ def write_project(root: Path, *, demo: bool = True, skip_gate: bool = True,
         (root / "policies").symlink_to(ROOT / "policies")
         (root / ".venv").symlink_to(ROOT / ".venv")
     (root / "stacks").mkdir()
+    if not demo:
+        link_checkpoint(root)
     port = free_ports(3)
     (root / "stacks" / "Pulumi.local.yaml").write_text(
         local_stack(port, f"file://{root}/store", demo=demo, skip_gate=skip_gate))
     return port
+
+
+def link_checkpoint(root: Path) -> Path:
+    """The SmolLM2 bf16 checkpoint under root/.tools/models, where the shipped local stacks name
+    it (relative to the project root); fails naming setup when this checkout lacks it."""
+    if not CHECKPOINT.is_dir():
+        raise AssertionError(f"SmolLM2's bf16 checkpoint is missing at {CHECKPOINT}: run "
+                             "scripts/setup.sh (scripts/install-vllm.sh makes it)")
+    link = root / ".tools" / "models" / CHECKPOINT.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(CHECKPOINT)
+    return link
 
 
 @contextlib.contextmanager

@@ -45,9 +45,10 @@ def with_api_key(spec: StackSpec) -> StackSpec:
 
 
 def plan_for(spec: StackSpec) -> StackPlan:
-    """Plan offline: the demo model by name, a local GGUF (the local stack's SmolLM2) from its
-    file, the hub ids of the examples by their config copy."""
-    local = spec.model.id == modelinfo.DEMO_MODEL_ID or spec.model.id.endswith(".gguf")
+    """Plan offline: the demo model by name, a local checkpoint or GGUF (the local stacks'
+    SmolLM2) from its files, the hub ids of the examples by their config copy."""
+    local = (spec.model.id == modelinfo.DEMO_MODEL_ID
+             or Path(spec.local_source(spec.model.id)).exists())
     source = spec.model.id if local else str(LLAMA_8B)
     return plan_stack(spec, modelinfo.load(source, spec.model.revision, root=spec.root), catalog())
 

