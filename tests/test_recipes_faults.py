@@ -49,14 +49,17 @@ def _stack(root: Path, quantized: dict[str, Any], base: str = "local-vllm") -> P
     return path
 
 
-def _untouched(root: Path, stack: Path, before: bytes) -> None:
+def _untouched(root: Path, stack: Path, before: bytes, made_before: int = 0) -> None:
+    """No pin written, nothing half-made left in the cache or the store; `made_before`: the
+    recipes that ran whole before the one that failed."""
     assert stack.read_bytes() == before
     made = root / "cache" / "made"
-    assert not made.is_dir() or list(made.iterdir()) == [], list(made.iterdir())
+    entries = list(made.iterdir()) if made.is_dir() else []
+    assert not [p for p in entries if p.name.startswith(".making-")], entries
+    assert len(entries) == made_before, entries
     store = root / "store"
-    assert not store.is_dir() or not [p for p in store.iterdir() if p.name.startswith("sha256-")
-                                      and (p / "manifest.json").is_file()
-                                      and "recipe" in (p / "manifest.json").read_text()]
+    pushed = [p for p in store.iterdir() if (p / "manifest.json").is_file()] if store.is_dir() else []
+    assert len(pushed) == 1, pushed  # the baseline's, pushed before the quantized variant failed
 
 
 def test_a_tool_that_refuses_its_input_names_why_and_changes_nothing(project):
@@ -98,7 +101,7 @@ def test_a_quantized_checkpoint_for_a_16_bit_recipe_points_at_dequantize(project
     assert result.exit_code == 1, result.output
     assert "recipe gguf needs a 16-bit checkpoint" in result.output
     assert "use recipe dequantize" in result.output
-    _untouched(project, stack, before)
+    _untouched(project, stack, before, made_before=1)  # the baseline's F16, made first
 
 
 def test_a_push_killed_while_its_tool_runs_leaves_the_next_push_whole(project):
