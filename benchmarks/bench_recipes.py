@@ -58,7 +58,7 @@ def _make(spec: RecipeSpec, source: Fetched, fmt: Format, cache: Path, tools: To
 
 
 def _id(made: Fetched) -> str:
-    return Manifest(tuple(h.entry for h in Hasher().hash_files(made.files))).artifact_id
+    return Manifest(tuple(h.entry for h in Hasher().hash_files(made.files, NO_PROGRESS))).artifact_id
 
 
 def main() -> None:

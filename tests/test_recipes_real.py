@@ -126,6 +126,21 @@ def test_a_second_push_makes_and_sends_nothing(project):
     assert sorted(p.name for p in (root / "cache" / "made").iterdir()) == made
 
 
+def test_a_made_file_altered_in_the_cache_is_made_again_not_pushed(project):
+    """The cache keeps what a recipe made so a second push runs nothing; a file changed there
+    after the run is noticed by its hash and the recipe runs again: the pins do not move."""
+    root = project["root"]
+    [f16] = (root / "cache" / "made").glob("*/out/*-F16.gguf")
+    data = bytearray(f16.read_bytes())
+    data[-1] ^= 0xFF
+    f16.write_bytes(bytes(data))
+    pushed = _push("gguf")
+    assert pushed["diff"] == "", pushed
+    assert _pins(root, "gguf") == project["pins"]["gguf"]
+    [again] = (root / "cache" / "made").glob("*/out/*-F16.gguf")
+    assert again.read_bytes()[-1] == data[-1] ^ 0xFF  # made afresh
+
+
 @pytest.mark.parametrize("variant", ["baseline", "quantized"])
 def test_the_made_gguf_files_answer_in_llama_server(project, variant):
     [model] = _folder(project["pins"]["gguf"][variant]).glob("*.gguf")

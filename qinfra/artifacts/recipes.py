@@ -3,14 +3,15 @@ out. Outputs are cached under the project's cache by everything that decides the
 source's content, the recipe, the format, the calibration text, the tools' pinned installs), so
 a second push runs nothing; a run writes into a temporary folder renamed into place when whole.
 
-Byte-determinism (measured on this machine, see the issue note): convert_hf_to_gguf and
-llama-quantize, llm-compressor's data-free (rtn) schemes and the dequantizer give the same bytes
-on every run; a different CPU or torch build may round differently."""
+Byte-determinism (benchmarks/bench_recipes.py on this machine): convert_hf_to_gguf and
+llama-quantize, llm-compressor's schemes (rtn and gptq) and the dequantizer give the same bytes
+in fresh caches; a different CPU or torch build may round differently."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -53,7 +54,7 @@ def make(recipe: RecipeSpec, source: Fetched, fmt: Format, *, name: str, cache: 
         "name": name,
     }, sort_keys=True).encode()).hexdigest()
     done = cache / "made" / key
-    record = _cached(done)
+    record = _cached(done, hasher, progress)
     if record is None:
         done.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".making-", dir=done.parent))
@@ -62,8 +63,11 @@ def make(recipe: RecipeSpec, source: Fetched, fmt: Format, *, name: str, cache: 
             steps = _RUNNERS[type(recipe)](recipe, folder, fmt, _Job(work, model_name(name)),
                                            tools, calibration)
             record = MadeRecipe(recipe.name, source_id, steps, calibration_sha)
-            write_atomic(work / PROVENANCE, json.dumps(record.to_json()))
             _clear_scratch(work)
+            hashed = hasher.hash_files(walk(work / OUT, recipe.name), progress)
+            write_atomic(work / PROVENANCE, json.dumps({
+                "recipe": record.to_json(),
+                "files": {h.entry.path: h.entry.sha256 for h in hashed}}))
             work.rename(done)  # whole or absent: a later push trusts a folder that is there
             finished(1)
         finally:
@@ -84,11 +88,22 @@ def source_folder(source: Fetched) -> Path:
     return roots.pop()
 
 
-def _cached(done: Path) -> MadeRecipe | None:
-    try:
-        return MadeRecipe.from_json(json.loads((done / PROVENANCE).read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+def _cached(done: Path, hasher: Hasher, progress: Progress) -> MadeRecipe | None:
+    """The record of an earlier run whose files are still the bytes it made (the hash cache
+    makes this cheap); a folder that is not is removed, so the recipe runs again."""
+    if not done.is_dir():
         return None
+    try:
+        doc = json.loads((done / PROVENANCE).read_text())
+        hashed = hasher.hash_files(walk(done / OUT, str(done)), progress)
+        if {h.entry.path: h.entry.sha256 for h in hashed} == doc["files"]:
+            return MadeRecipe.from_json(doc["recipe"])
+    except (OSError, ValueError, KeyError, TypeError, ArtifactError):
+        pass
+    stale = done.with_name(f".stale-{done.name}-{os.getpid()}")
+    done.rename(stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    return None
 
 
 def _clear_scratch(work: Path) -> None:
