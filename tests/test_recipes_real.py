@@ -9,6 +9,7 @@ One project for the module, each test building on the artifacts the previous one
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import urllib.request
@@ -178,6 +179,26 @@ def test_llm_compressor_makes_a_w4a16_checkpoint_vllm_serves(project, tmp_path):
     log = server.log_path.read_text()
     assert "CPUWNA16" in log or "compressed-tensors" in log, log[-2000:]
     project["pins"]["w4"] = uri
+
+
+def test_gptq_calibrates_on_the_shipped_text_and_records_its_hash(project):
+    root = project["root"]
+    _stack(root, "gptq", "local-vllm", {
+        "baseline": {"format": "bf16"},
+        "quantized": {"format": "w4a16", "recipe": {
+            "name": "llm-compressor", "scheme": "W4A16", "group_size": 64, "algorithm": "gptq",
+            "samples": 4, "max_seq_len": 32,
+            "ignore": ["lm_head", "re:.*mlp.*"]}},  # the attention projections only: faster
+    })
+    _push("gptq")
+    _, report = _verify(_pins(root, "gptq")["quantized"])
+    recipe = report["recipe"]
+    shipped = ROOT / "qinfra" / "artifacts" / "recipe_tools" / "calibration.txt"
+    assert recipe["calibration_sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    [step] = recipe["steps"]
+    assert step["args"][:4] == ["--scheme", "W4A16", "--algorithm", "gptq"], step
+    assert step["args"][-7:] == ["--ignore", "lm_head", "re:.*mlp.*", "--samples", "4",
+                                 "--max-seq-len", "32"], step
 
 
 def test_the_w4a16_checkpoint_dequantized_and_converted_to_gguf_answers(project):

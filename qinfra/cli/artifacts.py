@@ -57,7 +57,9 @@ def push(
 ) -> None:
     """Push SRC to STORE_URI, or both variants of a stack.
 
-    SRC is a hub id (owner/name), a local directory, or a single .gguf file.
+    SRC is a hub id (owner/name), a local directory, or a single .gguf file. A stack variant
+    with a `recipe` is made first (gguf, llm-compressor, dequantize: cached, recorded in the
+    manifest with its tools' versions; `qinfra artifacts verify` prints the record).
 
     Only objects the store lacks are uploaded; the artifact's URI names the sha256 of its
     manifest, so pushing the same content again prints the same URI.
