@@ -30,36 +30,19 @@ one line on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from tool_run import ToolError, check_out, ordinary_modes, run
 
 SCHEMES = ("W8A8", "W4A16", "W4A16_ASYM", "W8A16", "FP8_DYNAMIC")
 GROUP_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A16")
 VERSIONED = ("torch", "transformers", "llmcompressor", "compressed-tensors", "safetensors",
              "tokenizers")
 TAG = "compress"
-
-
-class ToolError(Exception):
-    """An expected failure: reported as one line on stderr, exit status 1, no traceback."""
-
-
-def versions() -> dict[str, str]:
-    """The versions that decide the output's bytes, for the caller's provenance record."""
-    return {name: importlib.metadata.version(name) for name in VERSIONED}
-
-
-def check_out(out: Path) -> None:
-    """OUT is the caller's fresh folder: never write over or beside something already there."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ToolError(f"--out {out} exists and is not an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def drop_load_options(path: Path) -> None:
@@ -72,16 +55,6 @@ def drop_load_options(path: Path) -> None:
         data.pop(key, None)
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                     encoding="utf-8")
-
-
-def ordinary_modes(folder: Path) -> None:
-    """mkdtemp makes 0700 and safetensors writes 0600: give the umask's ordinary modes instead,
-    so the artifact reads the same to every user of the store."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def read_samples(path: Path, limit: int) -> list[str]:
@@ -205,20 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-len", type=int, default=512,
                         help="gptq: tokens kept per sample (512)")
     args = parser.parse_args(argv)
-    # Read when transformers and tqdm are imported: no hub access, no progress bars on stderr.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    start = time.monotonic()
-    try:
+
+    def work() -> None:
         check_args(args)
         check_out(args.out)
         compress(args)
-    except ToolError as e:
-        print(f"{TAG}: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({"tool": "llmcompressor", "versions": versions(),
-                      "seconds": round(time.monotonic() - start, 3)}, sort_keys=True))
-    return 0
+
+    return run(TAG, "llmcompressor", VERSIONED, work)
 
 
 if __name__ == "__main__":

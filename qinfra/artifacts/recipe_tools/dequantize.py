@@ -25,14 +25,13 @@ On an expected failure: exit 1 and one line on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from tool_run import ToolError, check_out, ordinary_modes, run
 
 VERSIONED = ("torch", "transformers", "compressed-tensors", "safetensors", "tokenizers")
 # What a loaded compressed-tensors layer carries besides its weight; nothing else may be dropped.
@@ -43,15 +42,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
                    "chat_template.jinja", "chat_template.json")
 TAG = "dequantize"
-
-
-class ToolError(Exception):
-    """An expected failure: reported as one line on stderr, exit status 1, no traceback."""
-
-
-def versions() -> dict[str, str]:
-    """The versions that decide the output's bytes, for the caller's provenance record."""
-    return {name: importlib.metadata.version(name) for name in VERSIONED}
 
 
 def check_source(model: Path) -> None:
@@ -71,23 +61,6 @@ def check_source(model: Path) -> None:
     if method != "compressed-tensors":
         raise ToolError(f"--model {model} has quant_method {method!r}: dequantize reads only "
                         f"compressed-tensors checkpoints (quant_method compressed-tensors)")
-
-
-def check_out(out: Path) -> None:
-    """OUT is the caller's fresh folder: never write over or beside something already there."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ToolError(f"--out {out} exists and is not an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def ordinary_modes(folder: Path) -> None:
-    """mkdtemp makes 0700 and safetensors writes 0600: give the umask's ordinary modes instead,
-    so the artifact reads the same to every user of the store."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def dequantize(model_dir: Path, out: Path, dtype_name: str) -> None:
@@ -147,20 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="absent or empty output folder")
     parser.add_argument("--dtype", required=True, choices=("bfloat16", "float16"))
     args = parser.parse_args(argv)
-    # Read when transformers and tqdm are imported: no hub access, no progress bars on stderr.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    start = time.monotonic()
-    try:
+
+    def work() -> None:
         check_source(args.model)
         check_out(args.out)
         dequantize(args.model, args.out, args.dtype)
-    except ToolError as e:
-        print(f"{TAG}: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps({"tool": "dequantize", "versions": versions(),
-                      "seconds": round(time.monotonic() - start, 3)}, sort_keys=True))
-    return 0
+
+    return run(TAG, "dequantize", VERSIONED, work)
 
 
 if __name__ == "__main__":
