@@ -23,7 +23,6 @@ from pydantic import TypeAdapter
 
 from qinfra.artifacts.fetch import Fetched, fetch
 from qinfra.artifacts.hashing import Hasher
-from qinfra.artifacts.manifest import Manifest
 from qinfra.artifacts.progress import NO_PROGRESS
 from qinfra.artifacts.recipes import make
 from qinfra.artifacts.toolchain import Toolchain
@@ -58,7 +57,7 @@ def _make(spec: RecipeSpec, source: Fetched, fmt: Format, cache: Path, tools: To
 
 
 def _id(made: Fetched) -> str:
-    return Manifest(tuple(h.entry for h in Hasher().hash_files(made.files, NO_PROGRESS))).artifact_id
+    return Hasher().manifest(made.files, NO_PROGRESS).artifact_id
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from qinfra.artifacts.hashcache import FileStamp, HashCache
-from qinfra.artifacts.manifest import FileEntry
+from qinfra.artifacts.manifest import FileEntry, Manifest, Recipe
 from qinfra.artifacts.progress import Progress, ProgressFn
 from qinfra.artifacts.stores import READ_BUFFER_BYTES
 from qinfra.core.errors import ArtifactError
@@ -92,6 +92,12 @@ class Hasher:
             if self.cache:
                 self.cache.save()
         return self._results(files, stamps)
+
+    def manifest(self, files: Sequence[SourceFile], progress: Progress,
+                 recipe: Recipe | None = None) -> Manifest:
+        """The manifest `files` would have as an artifact (its id names them: a made artifact's
+        source, a quantized variant's baseline), hashing only what is not known yet."""
+        return Manifest(tuple(h.entry for h in self.hash_files(files, progress)), recipe)
 
     def _results(self, files: Sequence[SourceFile], stamps: list[FileStamp]) -> list[HashedFile]:
         return [

@@ -250,8 +250,7 @@ def push_stack(
             base = fetched[Variant.BASELINE]
             fetched[name], quantized_recipe = quantize_baseline(
                 base, variant.format, cache, hasher, progress)
-            base_id = Manifest(tuple(h.entry for h in hasher.hash_files(base.files, progress)),
-                               made[Variant.BASELINE]).artifact_id
+            base_id = hasher.manifest(base.files, progress, made[Variant.BASELINE]).artifact_id
             recipe = dataclasses.replace(quantized_recipe, source=base_id)
         else:
             source = variant.source or spec.model.id

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from qinfra.artifacts.fetch import Fetched, walk
 from qinfra.artifacts.hashing import Hasher
-from qinfra.artifacts.manifest import Manifest
 from qinfra.artifacts.progress import UNKNOWN, Progress
 from qinfra.artifacts.provenance import MadeRecipe, Step
 from qinfra.artifacts.toolchain import CONVERT_SCRIPT, TOOL_SCRIPTS, Toolchain
@@ -44,8 +43,7 @@ def make(recipe: RecipeSpec, source: Fetched, fmt: Format, *, name: str, cache: 
     is the model's (a GGUF's general.name and file name; the converter reads it from the
     folder's name, so it converts through a link of that name: same name, same bytes)."""
     folder = source_folder(source)
-    source_id = source.artifact_id or Manifest(
-        tuple(h.entry for h in hasher.hash_files(source.files, progress))).artifact_id
+    source_id = source.artifact_id or hasher.manifest(source.files, progress).artifact_id
     calibration = _calibration(recipe, root)
     calibration_sha = hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration else None
     key = hashlib.sha256(json.dumps({

@@ -83,7 +83,6 @@ class DequantizeRecipe(SpecModel):
 
 RecipeSpec = Annotated[GgufRecipe | CompressorRecipe | DequantizeRecipe,
                        Field(discriminator="name")]
-RECIPE_NAMES = ("gguf", "llm-compressor", "dequantize")
 
 
 def recipe_problem(recipe: RecipeSpec, fmt: Format, source: str | None) -> tuple[str, str, str] | None:

@@ -32,10 +32,15 @@ def linear_inputs(model: ModelInfo) -> dict[str, int]:
     return sizes
 
 
+def dividing_groups(model: ModelInfo) -> tuple[int, ...]:
+    """The offered group sizes that divide every linear layer's input, largest first."""
+    sizes = linear_inputs(model).values()
+    return tuple(g for g in GROUP_SIZES if all(s % g == 0 for s in sizes))
+
+
 def fitting_group(model: ModelInfo, most: int = DEFAULT_GROUP_SIZE) -> int | None:
     """The largest offered group size up to `most` that divides every linear layer's input."""
-    sizes = linear_inputs(model).values()
-    return next((g for g in GROUP_SIZES if g <= most and all(s % g == 0 for s in sizes)), None)
+    return next((g for g in dividing_groups(model) if g <= most), None)
 
 
 def recipe_errors(variant: VariantSpec, model: ModelInfo) -> tuple[str, ...]:
@@ -48,7 +53,7 @@ def recipe_errors(variant: VariantSpec, model: ModelInfo) -> tuple[str, ...]:
     bad = {name: size for name, size in sizes.items() if size % group}
     if not bad:
         return ()
-    fits = [g for g in GROUP_SIZES if all(size % g == 0 for size in sizes.values())]
+    fits = dividing_groups(model)
     nearest = min(fits, key=lambda g: (abs(g - group), -g)) if fits else None
     named = ", ".join(f"{name} {size}" for name, size in bad.items())
     fix = (f"group_size {nearest}" if nearest else
