@@ -45,11 +45,12 @@ def make(recipe: RecipeSpec, source: Fetched, fmt: Format, *, name: str, cache: 
     folder = source_folder(source)
     source_id = source.artifact_id or hasher.manifest(source.files, progress).artifact_id
     calibration = _calibration(recipe, root)
+    model = model_name(name)  # what of `name` reaches the bytes
     calibration_sha = hashlib.sha256(calibration.read_bytes()).hexdigest() if calibration else None
     key = hashlib.sha256(json.dumps({
         "recipe": recipe.model_dump(mode="json", exclude={"calibration"}), "format": fmt.value,
         "source": source_id, "calibration": calibration_sha, "tools": tools.fingerprint(),
-        "name": name,
+        "name": model,
     }, sort_keys=True).encode()).hexdigest()
     done = cache / "made" / key
     record = _cached(done, hasher, progress)
@@ -58,7 +59,7 @@ def make(recipe: RecipeSpec, source: Fetched, fmt: Format, *, name: str, cache: 
         work = Path(tempfile.mkdtemp(prefix=".making-", dir=done.parent))
         finished = progress.start(f"making {fmt} ({recipe.name})", UNKNOWN)
         try:
-            steps = _RUNNERS[type(recipe)](recipe, folder, fmt, _Job(work, model_name(name)),
+            steps = _RUNNERS[type(recipe)](recipe, folder, fmt, _Job(work, model),
                                            tools, calibration)
             record = MadeRecipe(recipe.name, source_id, steps, calibration_sha)
             _clear_scratch(work)
